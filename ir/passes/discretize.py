@@ -1,0 +1,35 @@
+"""Discretization lowering: a Discretize op becomes two Elementwise ops (decay, input scale) whose
+expressions are the spec's formulas, simplified by sympy and renamed onto the op's inputs."""
+from __future__ import annotations
+
+import sympy
+
+from ..graph import Graph
+from ..ops import Discretize, Elementwise
+
+
+def _rename(expr: sympy.Expr, dt_name: str, a_name: str, a_complex: bool) -> sympy.Expr:
+    dt = sympy.Symbol(dt_name, positive=True)
+    a = sympy.Symbol(a_name) if a_complex else sympy.Symbol(a_name, real=True)
+    mapping = {s: (dt if s.name == "dt" else a) for s in expr.free_symbols}
+    return sympy.simplify(expr.xreplace(mapping))
+
+
+def lower_discretization(graph: Graph, ctx) -> Graph:
+    for op in graph.of_kind(Discretize):
+        dt_name, a_name = op.inputs
+        a_complex = graph.op(a_name).dtype == "complex"
+        dtype = "complex" if a_complex else "real"
+        decay = Elementwise("decay", inputs=op.inputs, shape=op.shape, dtype=dtype,
+                            expr=_rename(op.decay, dt_name, a_name, a_complex))
+        scale = Elementwise("input_scale", inputs=op.inputs, shape=op.shape, dtype=dtype,
+                            expr=_rename(op.input_scale, dt_name, a_name, a_complex))
+        users = graph.users(op.name)
+        graph.add(decay)
+        graph.add(scale)
+        for user in users:
+            new_inputs = tuple({f"{op.name}:decay": "decay", f"{op.name}:input_scale": "input_scale"}.get(v, v)
+                               for v in user.inputs)
+            graph.replace(user.replace(inputs=new_inputs))
+        graph.remove(op.name)
+    return graph

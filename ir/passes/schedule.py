@@ -1,0 +1,85 @@
+"""Schedule choice: scan or convolution, for each recurrence.
+
+A selective recurrence has no convolution form (its decay varies over time) and is always a scan.
+A time-invariant one has both; the cost model ranks them. Because the ranking depends on batch and
+length, which are known only at call time, `schedule="auto"` keeps both forms behind a Select whose
+predicate (conv cost < scan cost, a sympy formula) the generated module evaluates per call.
+"""
+from __future__ import annotations
+
+import sympy
+
+from ...errors import ScheduleError
+from .. import cost
+from ..graph import Graph
+from ..ops import Contract, Elementwise, FFTConv, KernelGen, Scan, Select
+from ..schedule import Decision
+
+
+def _is_time_invariant(graph: Graph, scan: Scan) -> bool:
+    decay, scale, b, _ = (graph.op(v) for v in scan.inputs)
+    return all("len" not in op.shape for op in (decay, scale, b))
+
+
+def _add_convolution_form(graph: Graph, scan: Scan, readout: Contract, complex_state: bool) -> str:
+    """Add K = Vandermonde(log_decay, coeff) and y_conv = FFTConv(u, K) beside the scan."""
+    decay, scale = graph.op(scan.inputs[0]), graph.op(scan.inputs[1])
+    b_name, u_name = scan.inputs[2], scan.inputs[3]
+    c_name = readout.inputs[0]
+    # a^l = exp(l·log a): for ZOH, log(exp(dt·A)) simplifies to dt·A, so no log is ever computed.
+    log_decay = sympy.expand_log(sympy.log(decay.expr), force=True)
+    graph.add(Elementwise("log_decay", inputs=decay.inputs, dtype="complex", expr=log_decay))
+    doubling = 2 if complex_state else 1
+    coeff = doubling * sympy.Symbol(c_name) * sympy.Symbol(b_name) * scale.expr
+    if not complex_state:
+        coeff = coeff.xreplace({s: sympy.Symbol(s.name, real=True) for s in coeff.free_symbols})
+    graph.add(Elementwise("coeff", inputs=(c_name, b_name) + scale.inputs,
+                          dtype="complex" if complex_state else "real", expr=coeff))
+    graph.add(KernelGen("K", inputs=("log_decay", "coeff"), method="vandermonde"))
+    graph.add(FFTConv("y_conv", inputs=(u_name, "K")))
+    return "y_conv"
+
+
+def _rewire(graph: Graph, old: str, new: str, keep=()) -> None:
+    for user in graph.users(old):
+        if user.name in keep:
+            continue
+        changes = {"inputs": tuple(new if v == old else v for v in user.inputs)}
+        if isinstance(user, Elementwise):
+            changes["expr"] = user.expr.xreplace({s: sympy.Symbol(new, **s.assumptions0)
+                                                  for s in user.expr.free_symbols if s.name == old})
+        graph.replace(user.replace(**changes))
+
+
+def choose_schedule(graph: Graph, ctx) -> Graph:
+    for scan in graph.of_kind(Scan):
+        readouts = [op for op in graph.users(scan.name) if isinstance(op, Contract)]
+        complex_state = scan.dtype in ("complex", "pair")
+        scan_cost = cost.scan_cost(complex_state)
+        if not _is_time_invariant(graph, scan):
+            if ctx.request == "conv":
+                raise ScheduleError(f"schedule='conv' for %{scan.name}: an FFT convolution needs a "
+                                    f"time-invariant recurrence, but its decay varies over len")
+            ctx.schedule = ctx.schedule.with_decision(Decision(
+                scan.name, "scan", "selective: decay and input vary over time, no convolution form",
+                {"scan": str(scan_cost)}))
+            continue
+        (readout,) = readouts
+        conv_cost = cost.conv_cost(complex_state)
+        costs = {"scan": str(scan_cost), "conv": str(conv_cost)}
+        if ctx.request == "scan":
+            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "scan", "user override", costs))
+            continue
+        y_conv = _add_convolution_form(graph, scan, readout, complex_state)
+        if ctx.request == "conv":
+            _rewire(graph, readout.name, y_conv)
+            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "conv", "user override", costs))
+        else:
+            predicate = sympy.StrictLessThan(conv_cost, scan_cost)
+            graph.add(Select("y_select", inputs=(y_conv, readout.name), use_first=predicate))
+            _rewire(graph, readout.name, "y_select", keep=("y_select",))
+            ctx.schedule = ctx.schedule.with_decision(Decision(
+                scan.name, "by-shape", "time-invariant: conv when cost[conv] < cost[scan] at the call's shape",
+                costs))
+        graph.remove_dead()
+    return graph

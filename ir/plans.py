@@ -1,0 +1,94 @@
+"""Kernel plans: the contract between the IR (after fusion) and the backends.
+
+A plan says everything a backend needs to render one fused kernel and nothing about how: which
+operands vary over (batch, time), whether the state is a complex pair, and the fused arithmetic as
+straight-line blocks of `(target, sympy expression)` assignments. Backends print the blocks with
+their own printer and place them in a template; the recurrence core itself (complex multiply-add,
+readout) is the template's.
+
+Block symbols (all real; complex operands arrive split into `_re` / `_im`):
+  dt_block        delta, dt_bias                  -> dt
+  discretize      dt, A | A_re, A_im              -> decay | decay_re, decay_im, scale | scale_re, scale_im
+  kernel_block    dt, A, B, C  (complex symbols)  -> log_decay, coeff   (host prologue, torch complex)
+  epilogue        y, u, D, z                      -> out
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+
+import sympy
+
+Block = tuple  # tuple[tuple[str, sympy.Expr], ...]
+
+
+def block_to_json(block: Block) -> list:
+    return [[target, sympy.srepr(expr)] for target, expr in block]
+
+
+def block_from_json(data) -> Block:
+    from . import functions  # noqa: F401  (softplus/silu must be known to sympify)
+    namespace = {"softplus": functions.softplus, "silu": functions.silu}
+    return tuple((target, sympy.sympify(text, locals=namespace)) for target, text in data)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    def to_json(self) -> dict:
+        out = {"plan": type(self).__name__}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = block_to_json(value) if f.name.endswith("block") else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict):
+        kwargs = {}
+        for f in fields(cls):
+            value = data[f.name]
+            kwargs[f.name] = block_from_json(value) if f.name.endswith("block") else value
+        return cls(**kwargs)
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScanPlan(_Plan):
+    """One fused selective (or time-invariant) scan: discretization, recurrence, readout, skip and
+    gate in one kernel whose state stays on chip; writes y (batch, dim, len) and the last state."""
+
+    complex: bool
+    selective_dt: bool
+    selective_B: bool
+    selective_C: bool
+    has_dt_bias: bool
+    has_D: bool
+    has_z: bool
+    direction: str
+    dt_block: Block
+    discretize_block: Block
+    epilogue_block: Block
+
+
+@dataclass(frozen=True)
+class ConvPlan(_Plan):
+    """A time-invariant layer as a convolution: per-(dim, state) coefficients and log-decays
+    (tiny, computed on the host), the Vandermonde kernel K[dim, len] = Re Σ_n coeff·exp(l·log_decay),
+    the FFT convolution of x with K, then the epilogue."""
+
+    complex: bool
+    has_dt_bias: bool
+    has_D: bool
+    has_z: bool
+    dt_block: Block
+    kernel_block: Block
+    epilogue_block: Block
+
+
+PLAN_TYPES = {"ScanPlan": ScanPlan, "ConvPlan": ConvPlan}
+
+
+def plan_from_json(data: dict):
+    return PLAN_TYPES[data["plan"]].from_json(data)

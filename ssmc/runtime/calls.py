@@ -1,0 +1,123 @@
+"""Checking and normalising the arguments of a compiled op before any kernel sees them.
+
+Every malformed tensor is refused here with a message naming the argument and the expected shape,
+so that nothing fails deep inside a kernel. Normalising means: contiguous float32 operands, B and C
+as (batch, groups, N, len) when they vary over time, and complex operands split into real pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ShapeError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass(frozen=True)
+class ScanSignature:
+    """What a compiled layer's kernel expects; the generated package writes one as a literal."""
+
+    complex: bool
+    selective_dt: bool
+    selective_B: bool
+    selective_C: bool
+    has_dt_bias: bool
+    has_D: bool
+    has_z: bool
+
+
+def _fail(name, expected, tensor):
+    got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+    raise ShapeError(f"{name}: expected {expected}, got {got}")
+
+
+def _tensor(name, x, ndim, expected):
+    if not isinstance(x, torch.Tensor):
+        _fail(name, f"a tensor of shape {expected}", x)
+    if x.dim() != ndim:
+        _fail(name, f"shape {expected}", x)
+    return x
+
+
+def _real(name, x):
+    if x.is_complex() or x.dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"{name}: expected a real floating tensor (float32/float16/bfloat16/float64), got {x.dtype}")
+    return x
+
+
+def _complex_or_real(name, x, want_complex):
+    if want_complex and not x.is_complex():
+        raise ShapeError(f"{name}: expected a complex tensor (A is complex), got {x.dtype}")
+    if not want_complex:
+        _real(name, x)
+    return x
+
+
+def _pair(x, want_complex):
+    """(re, im) float32 contiguous; im is None for a real operand."""
+    if want_complex:
+        return x.real.float().contiguous(), x.imag.float().contiguous()
+    return x.float().contiguous(), None
+
+
+def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, delta_bias=None) -> dict:
+    u = _real("u", _tensor("u", u, 3, "(batch, dim, len)"))
+    batch, dim, length = u.shape
+    device = u.device
+    if sig.selective_dt:
+        delta = _real("delta", _tensor("delta", delta, 3, "(batch, dim, len)"))
+        if delta.shape != u.shape:
+            _fail("delta", f"the shape of u {tuple(u.shape)}", delta)
+    else:
+        delta = _real("dt", _tensor("dt", delta, 1, f"({dim},) = (dim,)"))
+        if delta.shape[0] != dim:
+            _fail("dt", f"({dim},) = (dim,)", delta)
+    A = _complex_or_real("A", _tensor("A", A, 2, "(dim, N)"), sig.complex)
+    if A.shape[0] != dim:
+        _fail("A", f"({dim}, N): one row per channel of u", A)
+    state = A.shape[1]
+    out = {"u": u.contiguous(), "delta": delta.float().contiguous()}
+    out["A_re"], out["A_im"] = _pair(A, sig.complex)
+    for name, selective in (("B", sig.selective_B), ("C", sig.selective_C)):
+        x = B if name == "B" else C
+        if selective:
+            if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+                _fail(name, f"({batch}, N, len) or ({batch}, groups, N, len)", x)
+            if x.dim() == 3:
+                x = x.unsqueeze(1)
+            groups = x.shape[1]
+            if x.shape[0] != batch or x.shape[2] != state or x.shape[3] != length or dim % groups:
+                _fail(name, f"({batch}, groups, {state}, {length}) with groups dividing dim={dim}", x)
+        else:
+            x = _tensor(name, x, 2, f"({dim}, {state}) = (dim, N)")
+            if tuple(x.shape) != (dim, state):
+                _fail(name, f"({dim}, {state}) = (dim, N)", x)
+        _complex_or_real(name, x, sig.complex)
+        out[f"{name}_re"], out[f"{name}_im"] = _pair(x, sig.complex)
+    for name, x, wanted in (("D", D, sig.has_D), ("delta_bias", delta_bias, sig.has_dt_bias)):
+        if wanted and x is None:
+            raise ShapeError(f"{name}: this layer was compiled with it, but None was passed")
+        if x is not None:
+            if not wanted:
+                raise ShapeError(f"{name}: this layer was compiled without it, expected None")
+            _real(name, _tensor(name, x, 1, f"({dim},) = (dim,)"))
+            if x.shape[0] != dim:
+                _fail(name, f"({dim},) = (dim,)", x)
+            x = x.float().contiguous()
+        out["D" if name == "D" else "dt_bias"] = x
+    if sig.has_z:
+        if z is None:
+            raise ShapeError("z: this layer was compiled with a gate, but z is None")
+        z = _real("z", _tensor("z", z, 3, "(batch, dim, len)"))
+        if z.shape != u.shape:
+            _fail("z", f"the shape of u {tuple(u.shape)}", z)
+        z = z.contiguous()
+    elif z is not None:
+        raise ShapeError("z: this layer was compiled without a gate, expected None")
+    out["z"] = z
+    for name, x in out.items():
+        if isinstance(x, torch.Tensor) and x.device != device:
+            raise ShapeError(f"{name}: expected a tensor on {device} (the device of u), got {x.device}")
+    return out

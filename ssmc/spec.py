@@ -1,0 +1,255 @@
+"""The declarative DSL: what an SSM layer *is*, never how it is computed.
+
+Every part is a frozen dataclass validated in `__post_init__`, so that an invalid spec can never
+exist: errors surface where the user wrote them, not in the compiler. Schedules (scan vs
+convolution, block sizes) are deliberately absent; they belong to the compiler.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import keyword
+from dataclasses import dataclass, field
+from typing import Union
+
+import sympy
+
+from .errors import SpecError
+
+SELECTIVE_QUANTITIES = ("dt", "B", "C")
+SCHEDULES = ("auto", "scan", "conv")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SpecError(message)
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Structure of A
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Diagonal:
+    """A diagonal A with one entry per (channel, state): real (Mamba) or complex (S4D, DSS)."""
+
+    real: bool = True
+
+    def __post_init__(self):
+        _require(isinstance(self.real, bool), f"Diagonal.real must be a bool, got {self.real!r}")
+
+    @property
+    def is_complex(self) -> bool:
+        return not self.real
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A = a·I, one scalar per head (Mamba-2). Real only."""
+
+    @property
+    def is_complex(self) -> bool:
+        return False
+
+
+AStructure = Union[Diagonal, Scalar]
+
+
+# --------------------------------------------------------------------------------------------
+# Discretization: continuous (A, B) with step dt -> (A_bar, B_bar)
+# --------------------------------------------------------------------------------------------
+# Every discretization is given as two formulas in the symbols `dt` and `A`:
+#     decay       = A_bar                  (h_t = decay * h_{t-1} + ...)
+#     input_scale = B_bar / B              (... + input_scale * B * x_t)
+# The formulas are the single source of truth: the compiler lowers, splits and (later)
+# differentiates them symbolically, so a custom discretization gets kernels for free.
+DT, A_SYM = sympy.symbols("dt A")
+
+
+@dataclass(frozen=True)
+class ZOH:
+    """Zero-order hold on A and B: A_bar = exp(dt A), B_bar = (exp(dt A) - 1) / A · B."""
+
+    def formulas(self):
+        return sympy.exp(DT * A_SYM), (sympy.exp(DT * A_SYM) - 1) / A_SYM
+
+
+@dataclass(frozen=True)
+class Bilinear:
+    """Tustin: A_bar = (1 + dt A/2) / (1 - dt A/2), B_bar = dt / (1 - dt A/2) · B."""
+
+    def formulas(self):
+        return (1 + DT * A_SYM / 2) / (1 - DT * A_SYM / 2), DT / (1 - DT * A_SYM / 2)
+
+
+@dataclass(frozen=True)
+class Euler:
+    """Forward Euler: A_bar = 1 + dt A, B_bar = dt B."""
+
+    def formulas(self):
+        return 1 + DT * A_SYM, DT
+
+
+@dataclass(frozen=True)
+class MambaZOH:
+    """Mamba's simplification: ZOH for A (exp(dt A)), Euler for B (dt B)."""
+
+    def formulas(self):
+        return sympy.exp(DT * A_SYM), DT
+
+
+@dataclass(frozen=True)
+class Custom:
+    """A user formula: sympy expressions (or strings) in the symbols `dt` and `A`.
+
+    Example: ``Custom(decay="exp(dt*A)", input_scale="dt/(1 - dt*A/2)")``.
+    """
+
+    decay: object
+    input_scale: object
+
+    def __post_init__(self):
+        for name in ("decay", "input_scale"):
+            expr = _parse_formula(getattr(self, name), f"Custom.{name}")
+            object.__setattr__(self, name, expr)
+
+    def formulas(self):
+        return self.decay, self.input_scale
+
+
+def _parse_formula(value, field_name: str) -> sympy.Expr:
+    allowed = {"dt": DT, "A": A_SYM}
+    if isinstance(value, str):
+        try:
+            value = sympy.sympify(value, locals=dict(allowed))
+        except (sympy.SympifyError, SyntaxError, TypeError) as error:
+            raise SpecError(f"{field_name}: cannot parse formula {value!r} ({error})") from None
+    _require(isinstance(value, sympy.Expr),
+             f"{field_name} must be a sympy expression or string in dt and A, got {type(value).__name__}")
+    extra = {s.name for s in value.free_symbols} - set(allowed)
+    _require(not extra, f"{field_name}: unknown symbols {sorted(extra)}, expected only dt and A")
+    return value
+
+
+Discretization = Union[ZOH, Bilinear, Euler, MambaZOH, Custom]
+_DISCRETIZATIONS = (ZOH, Bilinear, Euler, MambaZOH, Custom)
+DISCRETIZATION_NAMES = {"zoh": ZOH, "bilinear": Bilinear, "euler": Euler, "mamba": MambaZOH}
+
+
+def discretization_from_name(name) -> Discretization:
+    if isinstance(name, _DISCRETIZATIONS):
+        return name
+    _require(isinstance(name, str) and name.lower() in DISCRETIZATION_NAMES,
+             f"discretization must be one of {sorted(DISCRETIZATION_NAMES)} or an ssmc discretization, "
+             f"got {name!r}")
+    return DISCRETIZATION_NAMES[name.lower()]()
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SISO:
+    """One single-input single-output SSM per channel (S4D, DSS, Mamba)."""
+
+
+Heads = SISO
+
+
+# --------------------------------------------------------------------------------------------
+# The layer
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SSM:
+    """A whole SSM layer: h_t = A_bar h_{t-1} + B_bar x_t,  y_t = C h_t (+ D x_t) (· silu(z_t)).
+
+    `selective` names the quantities computed from the input (empty: a linear time-invariant layer).
+    For complex A, y = 2·Re(C h): A holds one member of each conjugate pair (S4D's convention).
+    """
+
+    name: str
+    d_state: int
+    A: AStructure = field(default_factory=Diagonal)
+    discretization: Discretization = field(default_factory=ZOH)
+    selective: tuple = ()
+    heads: Heads = field(default_factory=SISO)
+    skip_D: bool = True
+    gate: bool = False
+    dt_softplus: bool = False
+    dt_bias: bool = False
+    groups: int = 1
+    schedule: str = "auto"
+
+    def __post_init__(self):
+        _require(isinstance(self.name, str) and self.name.isidentifier() and not keyword.iskeyword(self.name),
+                 f"name must be a Python identifier (it names the generated package), got {self.name!r}")
+        _require(_is_positive_int(self.d_state), f"d_state must be a positive int, got {self.d_state!r}")
+        _require(isinstance(self.A, (Diagonal, Scalar)),
+                 f"A must be ssmc.Diagonal(real=...) or ssmc.Scalar(), got {self.A!r}")
+        _require(not isinstance(self.A, Scalar),
+                 "A=Scalar() (Mamba-2) needs MultiHead heads and the chunked scan, not implemented yet; "
+                 "expected ssmc.Diagonal(...)")
+        if isinstance(self.discretization, str):
+            object.__setattr__(self, "discretization", discretization_from_name(self.discretization))
+        _require(isinstance(self.discretization, _DISCRETIZATIONS),
+                 f"discretization must be one of ZOH(), Bilinear(), Euler(), MambaZOH(), Custom(...), "
+                 f"got {self.discretization!r}")
+        if isinstance(self.selective, str):
+            object.__setattr__(self, "selective", (self.selective,))
+        _require(isinstance(self.selective, (tuple, list)),
+                 f"selective must be a tuple of quantity names, got {self.selective!r}")
+        unknown = [q for q in self.selective if q not in SELECTIVE_QUANTITIES]
+        if unknown:
+            raise SpecError(f"selective={tuple(self.selective)!r}: unknown quantity {unknown[0]!r}, "
+                            f"expected one of {', '.join(SELECTIVE_QUANTITIES)}")
+        _require(len(set(self.selective)) == len(self.selective),
+                 f"selective={tuple(self.selective)!r}: a quantity is listed twice")
+        # canonical order, so that equal layers hash equally
+        object.__setattr__(self, "selective", tuple(q for q in SELECTIVE_QUANTITIES if q in self.selective))
+        _require(isinstance(self.heads, SISO),
+                 f"heads must be ssmc.SISO() (MultiHead and MIMO are not implemented yet), got {self.heads!r}")
+        for flag in ("skip_D", "gate", "dt_softplus", "dt_bias"):
+            _require(isinstance(getattr(self, flag), bool), f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        _require(_is_positive_int(self.groups), f"groups must be a positive int, got {self.groups!r}")
+        _require(self.groups == 1 or ("B" in self.selective or "C" in self.selective),
+                 f"groups={self.groups} only applies to input-dependent B or C; expected groups=1 for this spec")
+        _require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _require(not (self.schedule == "conv" and self.selective),
+                 f"schedule='conv' needs a time-invariant layer, but selective={self.selective!r}; "
+                 f"expected schedule='scan' or 'auto'")
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def is_complex(self) -> bool:
+        return self.A.is_complex
+
+    @property
+    def is_lti(self) -> bool:
+        return not self.selective
+
+    def is_selective(self, quantity: str) -> bool:
+        return quantity in self.selective
+
+    def replace(self, **changes) -> "SSM":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        """A canonical, JSON-serialisable description; its hash is the spec's cache key."""
+        decay, scale = self.discretization.formulas()
+        return {
+            "name": self.name, "d_state": self.d_state,
+            "A": {"structure": type(self.A).__name__, "complex": self.is_complex},
+            "discretization": {"kind": type(self.discretization).__name__,
+                               "decay": sympy.srepr(decay), "input_scale": sympy.srepr(scale)},
+            "selective": list(self.selective), "heads": type(self.heads).__name__,
+            "skip_D": self.skip_D, "gate": self.gate, "dt_softplus": self.dt_softplus,
+            "dt_bias": self.dt_bias, "groups": self.groups, "schedule": self.schedule,
+        }
+
+    def content_hash(self) -> str:
+        text = json.dumps(self.to_json(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

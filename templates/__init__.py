@@ -1,0 +1,1 @@
+"""jinja2 templates of the generated sources, shipped as package data (one template per file)."""
