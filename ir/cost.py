@@ -32,5 +32,8 @@ def conv_cost(complex_state: bool) -> sympy.Expr:
     return D * N * L * VANDERMONDE_FLOPS + fft + 6 * B * D * L + STEP_LATENCY * sympy.log(2 * L, 2)
 
 
-def evaluate(expr: sympy.Expr, shape: dict) -> float:
+def evaluate(expr, shape: dict) -> float:
+    """A cost formula (sympy, or its text as stored in a schedule) at concrete dimensions."""
+    if isinstance(expr, str):
+        expr = sympy.sympify(expr, locals=dict(DIM_SYMBOLS))   # `len` is a dimension, not the builtin
     return float(expr.subs({DIM_SYMBOLS[k]: v for k, v in shape.items() if k in DIM_SYMBOLS}))

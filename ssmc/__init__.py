@@ -2,12 +2,18 @@
 
 Write a layer as a declarative `ssmc.SSM` spec; `ssmc.compile(spec)` lowers it through the IR and
 its passes, generates Triton, C and PyTorch kernels, and returns an `nn.Module` class.
+
+Everything but the error types is loaded on first use: a generated package imports
+`ssmc.runtime`, and that must not pull in the compiler's sympy, networkx or jinja2.
 """
+import importlib
+
 from .errors import CompileError, ScheduleError, ShapeError, SpecError, SSMCError  # noqa: F401
-from .spec import (SISO, SSM, ZOH, Bilinear, Custom, Diagonal, Euler, MambaZOH, Scalar)  # noqa: F401
-from . import presets  # noqa: F401
 
 __version__ = "0.1.0"
+
+_SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom")
+_SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "cli")
 
 
 def compile(spec):
@@ -17,8 +23,12 @@ def compile(spec):
 
 
 def __getattr__(name):
-    # ops and nn pull in the compiler (sympy, jinja2); load them on first use only
-    if name in ("ops", "nn", "reference", "compiler"):
-        import importlib
+    if name in _SPEC_NAMES:
+        return getattr(importlib.import_module(".spec", __name__), name)
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ssmc' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SPEC_NAMES) + list(_SUBMODULES))

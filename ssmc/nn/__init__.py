@@ -1,0 +1,2 @@
+"""Ready layers built from the presets."""
+from .s4d import S4D  # noqa: F401

@@ -1,0 +1,84 @@
+"""S4D as a drop-in layer: the parameter names, shapes and forward semantics of the standalone S4D
+layer of the S4 repository (models/s4/s4d.py), so that its checkpoints load without renaming.
+
+The convolution kernel and the FFT convolution are ssmc's generated kernels (`ssmc.ops.lti_ssm`);
+the rest (GELU, dropout, the GLU output projection) is plain PyTorch, as in the original.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..runtime import init as initializers
+
+
+class _S4DKernel(nn.Module):
+    """Holds the SSM parameters under the names of the original kernel module."""
+
+    def __init__(self, d_model, N=64, dt_min=0.001, dt_max=0.1, lr=None, init="lin"):
+        super().__init__()
+        H = d_model
+        self.n_state = N // 2
+        log_a_real, a_imag = {"lin": initializers.s4d_lin, "inv": initializers.s4d_inv}[init](H, self.n_state)
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, self.n_state, dtype=torch.cfloat)))
+        self.register("log_dt", initializers.log_uniform_dt(H, dt_min, dt_max), lr)
+        self.register("log_A_real", log_a_real, lr)
+        self.register("A_imag", a_imag, lr)
+
+    def register(self, name, tensor, lr=None):
+        """A buffer when lr == 0 (frozen), else a parameter with an optional per-parameter lr."""
+        if lr == 0.0:
+            self.register_buffer(name, tensor)
+        else:
+            self.register_parameter(name, nn.Parameter(tensor))
+            if lr is not None:
+                getattr(self, name)._optim = {"weight_decay": 0.0, "lr": lr}
+
+    def ssm(self):
+        """(dt, A, B, C) of the lti_ssm op: B is folded into C, as in S4D."""
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        C = torch.view_as_complex(self.C)
+        return torch.exp(self.log_dt), A, torch.ones_like(C), C
+
+
+class _TiedDropout(nn.Module):
+    """Dropout with one mask per (batch, channel), shared over the sequence (the S4 repo's default)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        mask = torch.rand(x.shape[:2] + (1,) * (x.dim() - 2), device=x.device) >= self.p
+        return x * mask / (1 - self.p)
+
+
+class S4D(nn.Module):
+    """S4D layer: input (batch, H, len) when transposed (else (batch, len, H)); returns (y, None)."""
+
+    def __init__(self, d_model, d_state=64, dropout=0.0, transposed=True, schedule="auto", **kernel_args):
+        super().__init__()
+        self.h = d_model
+        self.n = d_state
+        self.d_output = self.h
+        self.transposed = transposed
+        self.schedule = schedule
+        self.D = nn.Parameter(torch.randn(self.h))
+        self.kernel = _S4DKernel(self.h, N=self.n, **kernel_args)
+        self.activation = nn.GELU()
+        self.dropout = _TiedDropout(dropout) if dropout > 0.0 else nn.Identity()
+        self.output_linear = nn.Sequential(nn.Conv1d(self.h, 2 * self.h, kernel_size=1), nn.GLU(dim=-2))
+
+    def forward(self, u, **kwargs):
+        from ..ops import lti_ssm
+        if not self.transposed:
+            u = u.transpose(-1, -2)
+        dt, A, B, C = self.kernel.ssm()
+        y = lti_ssm(u, dt, A, B, C, D=self.D, discretization="zoh", schedule=self.schedule)
+        y = self.dropout(self.activation(y))
+        y = self.output_linear(y)
+        if not self.transposed:
+            y = y.transpose(-1, -2)
+        return y, None

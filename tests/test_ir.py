@@ -1,0 +1,97 @@
+"""The IR: building, every pass, text dump, JSON round trip, the cost model and fusion."""
+import pytest
+import sympy
+
+import ssmc
+from ssmc.ir import cost
+from ssmc.ir.build import build_graph
+from ssmc.ir.graph import Graph
+from ssmc.ir.ops import Fused, Scan, Select
+from ssmc.ir.pass_manager import PIPELINE, lower
+from ssmc.ir.passes.complex_split import real_pair
+from ssmc.ir.plans import ConvPlan, ScanPlan
+from ssmc.ir.schedule import Schedule
+
+SPECS = {
+    "mamba": ssmc.presets.mamba(d_state=16),
+    "s4d": ssmc.presets.s4d(64),
+    "s4d_conv": ssmc.presets.s4d(64, schedule="conv"),
+    "real_bilinear_scan": ssmc.SSM("rb", 4, discretization=ssmc.Bilinear(), schedule="scan"),
+    "custom": ssmc.SSM("cu", 4, A=ssmc.Diagonal(real=False),
+                       discretization=ssmc.Custom(decay="(1 + dt*A/2)/(1 - dt*A/2)", input_scale="dt"),
+                       selective=("dt",), dt_softplus=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_graph_json_round_trip_after_every_pass(name):
+    lowered = lower(SPECS[name])
+    assert [n for n, _ in lowered.trace] == ["build"] + [n for n, _ in PIPELINE]
+    again = Graph.from_json(lowered.graph.to_json())
+    assert again.dump() == lowered.graph.dump()
+    assert Schedule.from_json(lowered.schedule.to_json()) == lowered.schedule
+
+
+def test_build_states_the_unfused_math():
+    graph = build_graph(SPECS["mamba"])
+    text = graph.dump()
+    assert "discretize(%dt, %A)" in text and "scan(%disc:decay" in text
+    assert "softplus(delta + dt_bias)" in text
+    assert isinstance(graph.op("h"), Scan)
+
+
+def test_fusion_keeps_the_expanded_state_out_of_memory():
+    before = lower(SPECS["mamba"]).trace[1][1]     # after infer_shapes
+    assert "real[batch, dim, len, state]" in before
+    graph = lower(SPECS["mamba"]).graph
+    for op in graph.ops():
+        assert op.shape is None or not {"batch", "dim", "len", "state"} <= set(op.shape)
+    (fused,) = graph.of_kind(Fused)
+    assert isinstance(fused.plan, ScanPlan)
+    assert {"dt", "decay", "input_scale", "h", "y", "y_skip", "y_gated"} == set(fused.members)
+
+
+def test_selective_scan_cannot_be_a_convolution():
+    with pytest.raises(ssmc.ScheduleError, match="time-invariant"):
+        lower(SPECS["mamba"], schedule="conv")
+
+
+def test_lti_auto_keeps_both_forms_behind_a_cost_predicate():
+    graph = lower(SPECS["s4d"]).graph
+    (select,) = graph.of_kind(Select)
+    plans = {type(op.plan) for op in graph.of_kind(Fused)}
+    assert plans == {ScanPlan, ConvPlan}
+    small = {"batch": 1, "dim": 64, "len": 64, "state": 32}
+    long = {"batch": 8, "dim": 256, "len": 8192, "state": 32}
+    assert cost.evaluate(cost.conv_cost(True), long) < cost.evaluate(cost.scan_cost(True), long)
+    assert cost.evaluate(cost.conv_cost(True), small) > cost.evaluate(cost.scan_cost(True), small)
+    assert select.use_first.subs({sympy.Symbol(k, positive=True, integer=True): v for k, v in long.items()}) == sympy.true
+
+
+def test_forced_conv_has_no_scan():
+    graph = lower(SPECS["s4d_conv"]).graph
+    assert [type(op.plan) for op in graph.of_kind(Fused)] == [ConvPlan]
+    (plan,) = [op.plan for op in graph.of_kind(Fused)]
+    # ZOH: log(exp(dt A)) simplified to dt A, so the kernel never takes a log
+    assert "log" not in str(dict(plan.kernel_block)["log_decay"])
+
+
+def test_complex_split_matches_numeric_complex_arithmetic():
+    A, dt = sympy.Symbol("A"), sympy.Symbol("dt", positive=True)
+    expr = (sympy.exp(dt * A) - 1) / A
+    re, im = real_pair(expr, {"A"})
+    values = {sympy.Symbol("A_re", real=True): -0.3, sympy.Symbol("A_im", real=True): 2.0,
+              sympy.Symbol("dt", real=True, positive=True): 0.1}
+    exact = complex(expr.subs({A: -0.3 + 2.0j, dt: 0.1}).evalf())
+    assert abs(complex(re.subs(values)) + 1j * complex(im.subs(values)) - exact) < 1e-12
+
+
+def test_discretize_block_computes_one_exp_per_step():
+    plan = lower(SPECS["mamba"]).graph.of_kind(Fused)[0].plan
+    text = " ".join(str(e) for _, e in plan.discretize_block)
+    assert text.count("exp") == 1
+
+
+def test_dump_is_readable():
+    text = lower(SPECS["s4d"]).dump()
+    assert "== IR after fuse ==" in text and "cost[conv]" in text and "fuse scan_kernel" in text
