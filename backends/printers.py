@@ -20,11 +20,19 @@ class UnsupportedExpression(CompileError):
     pass
 
 
-def _small_integer_power(expr: sympy.Pow):
+def _print_power(printer, expr: sympy.Pow, one: str, sqrt_format: str) -> str:
+    """x**k for small integer k as products (no pow call, exact in every target), x**(1/2) as sqrt;
+    other powers are refused."""
     exp = expr.exp
-    if exp.is_Integer and 1 <= abs(int(exp)) <= 4:
-        return int(exp)
-    return None
+    base = printer.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
+    if exp.is_Integer and 1 <= int(exp) <= 4:
+        # parenthesised: the caller may print it after a `/` (y/x**3 must not become y/x*x*x)
+        return "(" + "*".join([base] * int(exp)) + ")"
+    if exp.is_Integer and -4 <= int(exp) <= -1:
+        return f"{one} / (" + "*".join([base] * -int(exp)) + ")"
+    if exp == sympy.Rational(1, 2):
+        return sqrt_format.format(printer._print(expr.base))
+    raise UnsupportedExpression(f"{type(printer).__name__}: unsupported power {expr}")
 
 
 class _TensorPrinter(PythonCodePrinter):
@@ -32,6 +40,10 @@ class _TensorPrinter(PythonCodePrinter):
 
     lib = ""
     functions: dict = {}
+
+    def doprint(self, expr, *args, **kwargs):
+        _refuse_unknown_functions(self, sympy.sympify(expr))
+        return super().doprint(expr, *args, **kwargs)
 
     def _print_Function(self, expr):
         name = type(expr).__name__
@@ -43,15 +55,7 @@ class _TensorPrinter(PythonCodePrinter):
     _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_Function
 
     def _print_Pow(self, expr, rational=False):
-        power = _small_integer_power(expr)
-        base = self.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
-        if power is not None and power > 0:
-            return "*".join([base] * power)
-        if power is not None:
-            return "1.0 / (" + "*".join([base] * -power) + ")"
-        if expr.exp == sympy.Rational(1, 2):
-            return self.functions["sqrt"].format(args=self._print(expr.base), lib=self.lib)
-        raise UnsupportedExpression(f"{type(self).__name__}: non-integer power {expr}")
+        return _print_power(self, expr, "1.0", self.functions["sqrt"].format(args="{}", lib=self.lib))
 
     def _print_Rational(self, expr):
         return f"({float(expr.p)!r} / {float(expr.q)!r})"
@@ -95,6 +99,10 @@ class CPrinter(C99CodePrinter):
     functions = {"exp": "expf", "log": "logf", "cos": "cosf", "sin": "sinf", "sqrt": "sqrtf", "Abs": "fabsf",
                  "softplus": "ssmc_softplus", "silu": "ssmc_silu"}
 
+    def doprint(self, expr, *args, **kwargs):
+        _refuse_unknown_functions(self, sympy.sympify(expr))
+        return super().doprint(expr, *args, **kwargs)
+
     def _print_Function(self, expr):
         name = type(expr).__name__
         if name not in self.functions:
@@ -104,15 +112,7 @@ class CPrinter(C99CodePrinter):
     _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_Function
 
     def _print_Pow(self, expr):
-        power = _small_integer_power(expr)
-        base = self.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
-        if power is not None and power > 0:
-            return "*".join([base] * power)
-        if power is not None:
-            return "1.0f / (" + "*".join([base] * -power) + ")"
-        if expr.exp == sympy.Rational(1, 2):
-            return f"sqrtf({self._print(expr.base)})"
-        raise UnsupportedExpression(f"CPrinter: non-integer power {expr}")
+        return _print_power(self, expr, "1.0f", "sqrtf({})")
 
     def _print_Rational(self, expr):
         return f"({float(expr.p)!r}f / {float(expr.q)!r}f)"
@@ -125,6 +125,15 @@ class CPrinter(C99CodePrinter):
 
     def _print_Symbol(self, expr):
         return expr.name
+
+
+def _refuse_unknown_functions(printer, expr) -> None:
+    """sympy's printers know many functions (gamma, erf...) with target-specific spellings; ssmc
+    accepts only those in the printer's own table, whose semantics it has checked."""
+    for function in expr.atoms(sympy.Function):
+        name = type(function).__name__
+        if name not in printer.functions:
+            raise UnsupportedExpression(f"{type(printer).__name__} cannot print {name}(...) in {expr}")
 
 
 def print_block(block, printer, statement="{target} = {value}") -> list:
