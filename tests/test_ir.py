@@ -95,3 +95,10 @@ def test_discretize_block_computes_one_exp_per_step():
 def test_dump_is_readable():
     text = lower(SPECS["s4d"]).dump()
     assert "== IR after fuse ==" in text and "cost[conv]" in text and "fuse scan_kernel" in text
+
+
+def test_time_varying_readout_alone_rules_out_the_convolution():
+    spec = ssmc.SSM("c_only", 4, selective=("C",))
+    assert [d.algorithm for d in lower(spec).schedule.decisions] == ["scan"]
+    with pytest.raises(ssmc.ScheduleError, match="time-invariant"):
+        lower(spec, schedule="conv")

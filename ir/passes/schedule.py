@@ -16,9 +16,10 @@ from ..ops import Contract, Elementwise, FFTConv, KernelGen, Scan, Select
 from ..schedule import Decision
 
 
-def _is_time_invariant(graph: Graph, scan: Scan) -> bool:
-    decay, scale, b, _ = (graph.op(v) for v in scan.inputs)
-    return all("len" not in op.shape for op in (decay, scale, b))
+def _is_time_invariant(graph: Graph, scan: Scan, readouts) -> bool:
+    """A single convolution kernel exists only if decay, input and readout are all constant in time."""
+    operands = [graph.op(v) for v in scan.inputs[:3]] + [graph.op(r.inputs[0]) for r in readouts]
+    return all("len" not in op.shape for op in operands)
 
 
 def _add_convolution_form(graph: Graph, scan: Scan, readout: Contract, complex_state: bool) -> str:
@@ -56,12 +57,12 @@ def choose_schedule(graph: Graph, ctx) -> Graph:
         readouts = [op for op in graph.users(scan.name) if isinstance(op, Contract)]
         complex_state = scan.dtype in ("complex", "pair")
         scan_cost = cost.scan_cost(complex_state)
-        if not _is_time_invariant(graph, scan):
+        if not _is_time_invariant(graph, scan, readouts):
             if ctx.request == "conv":
                 raise ScheduleError(f"schedule='conv' for %{scan.name}: an FFT convolution needs a "
-                                    f"time-invariant recurrence, but its decay varies over len")
+                                    f"time-invariant recurrence and readout, but an operand varies over len")
             ctx.schedule = ctx.schedule.with_decision(Decision(
-                scan.name, "scan", "selective: decay and input vary over time, no convolution form",
+                scan.name, "scan", "selective: an operand varies over time, no convolution form",
                 {"scan": str(scan_cost)}))
             continue
         (readout,) = readouts
