@@ -11,6 +11,7 @@ from ..spec import SSM
 from .build import build_graph
 from .graph import Graph
 from .passes.complex_split import split_complex
+from .passes.backward import derive_backward
 from .passes.discretize import lower_discretization
 from .passes.fuse import fuse
 from .passes.schedule import choose_schedule
@@ -23,6 +24,7 @@ PIPELINE = (
     ("choose_schedule", choose_schedule),
     ("split_complex", split_complex),
     ("fuse", fuse),
+    ("derive_backward", derive_backward),
 )
 
 

@@ -11,6 +11,13 @@ Block symbols (all real; complex operands arrive split into `_re` / `_im`):
   discretize      dt, A | A_re, A_im              -> decay | decay_re, decay_im, scale | scale_re, scale_im
   kernel_block    dt, A, B, C  (complex symbols)  -> log_decay, coeff   (host prologue, torch complex)
   epilogue        y, u, D, z                      -> out
+
+Backward blocks (from sympy differentiation of the forward blocks, ir/passes/backward.py):
+  grad_epilogue   y, u, D, z, grad_out            -> grad_y, grad_u, grad_D, grad_z (those present)
+  grad_discretize dt, A_*, grad_decay_*, grad_scale_*  -> grad_dt, grad_A | grad_A_re, grad_A_im
+  grad_dt         delta, dt_bias, grad_dt         -> grad_delta, grad_dt_bias
+Each grad_x is the gradient of a real loss with respect to the real quantity x (complex values as
+their real and imaginary parts), so no holomorphy is assumed of a custom formula.
 """
 from __future__ import annotations
 
@@ -46,6 +53,8 @@ class _Plan:
     def from_json(cls, data: dict):
         kwargs = {}
         for f in fields(cls):
+            if f.name not in data:
+                continue
             value = data[f.name]
             kwargs[f.name] = block_from_json(value) if f.name.endswith("block") else value
         return cls(**kwargs)
@@ -70,6 +79,10 @@ class ScanPlan(_Plan):
     dt_block: Block
     discretize_block: Block
     epilogue_block: Block
+    # filled by the backward-derivation pass (ir/passes/backward.py); empty before it
+    grad_epilogue_block: Block = ()
+    grad_discretize_block: Block = ()
+    grad_dt_block: Block = ()
 
 
 @dataclass(frozen=True)

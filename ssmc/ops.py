@@ -12,9 +12,18 @@ from .errors import ShapeError
 from .spec import SSM, Diagonal, MambaZOH, discretization_from_name
 
 
-def _package(spec: SSM):
-    from .compiler import compile_package
-    return compile_package(spec)
+_PACKAGES = {}
+
+
+def _package(key: tuple, make_spec):
+    """The compiled package for a call signature. The lookup is a plain dict access on a tuple of
+    Python constants, which torch.compile traces without a graph break (building the spec and
+    compiling happen once, on the first eager call)."""
+    package = _PACKAGES.get(key)
+    if package is None:
+        from .compiler import compile_package
+        package = _PACKAGES[key] = compile_package(make_spec())
+    return package
 
 
 def _state_size(A) -> int:
@@ -41,12 +50,16 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
         out = y · silu(z)
     Returns out (batch, dim, len) in u's dtype, and with return_last_state also h_L (batch, dim, N).
     """
-    selective = ["dt"] + [name for name, x in (("B", B), ("C", C)) if _varies_over_time(name, x)]
-    spec = SSM(name="selective_scan", d_state=_state_size(A), A=Diagonal(real=not A.is_complex()),
-               discretization=MambaZOH(), selective=tuple(selective), skip_D=D is not None, gate=z is not None,
-               dt_softplus=bool(delta_softplus), dt_bias=delta_bias is not None, schedule="scan")
-    return _package(spec).apply(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                return_last_state=return_last_state)
+    selective = ("dt",) + tuple(name for name, x in (("B", B), ("C", C)) if _varies_over_time(name, x))
+    key = ("selective_scan", _state_size(A), A.is_complex(), selective, D is not None, z is not None,
+           bool(delta_softplus), delta_bias is not None)
+
+    def make_spec():
+        return SSM(name="selective_scan", d_state=key[1], A=Diagonal(real=not key[2]), discretization=MambaZOH(),
+                   selective=selective, skip_D=key[4], gate=key[5], dt_softplus=key[6], dt_bias=key[7],
+                   schedule="scan")
+    return _package(key, make_spec).apply(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                          return_last_state=return_last_state)
 
 
 def lti_ssm(u, dt, A, B, C, D=None, discretization="zoh", schedule="auto"):
@@ -60,6 +73,9 @@ def lti_ssm(u, dt, A, B, C, D=None, discretization="zoh", schedule="auto"):
     for name, x in (("B", B), ("C", C)):
         if isinstance(x, torch.Tensor) and x.dim() != 2:
             raise ShapeError(f"{name}: expected (H, N) for a time-invariant SSM, got {tuple(x.shape)}")
-    spec = SSM(name="lti_ssm", d_state=_state_size(A), A=Diagonal(real=not A.is_complex()),
-               discretization=discretization_from_name(discretization), skip_D=D is not None, schedule=schedule)
-    return _package(spec).apply(u, dt, A, B, C, D=D)
+    key = ("lti_ssm", _state_size(A), A.is_complex(), discretization, D is not None, schedule)
+
+    def make_spec():
+        return SSM(name="lti_ssm", d_state=key[1], A=Diagonal(real=not key[2]),
+                   discretization=discretization_from_name(discretization), skip_D=key[4], schedule=schedule)
+    return _package(key, make_spec).apply(u, dt, A, B, C, D=D)

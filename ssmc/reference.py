@@ -28,10 +28,11 @@ def _expand_bc(x, batch, dim, length):
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False, discretization="mamba"):
+                       return_last_state=False, discretization="mamba", initial_state=None):
     """h_t = decay(dt_t, A) h_{t-1} + scale(dt_t, A) B_t u_t;  y_t = C_t h_t (2·Re for complex A)
     + D u_t, times silu(z_t). u, delta, z: (batch, dim, len); A (dim, N); B, C (dim, N) or
-    (batch, [groups,] N, len); delta may also be (dim,) (time-invariant step)."""
+    (batch, [groups,] N, len); delta may also be (dim,) (time-invariant step); initial_state
+    (batch, dim, N) is h_{-1}. Differentiable (torch autograd) in every argument."""
     dtype_out = u.dtype
     is_complex = A.is_complex()
     cdtype = torch.complex128 if is_complex else torch.float64
@@ -48,7 +49,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     B = _expand_bc(B.to(cdtype), batch, dim, length)
     C = _expand_bc(C.to(cdtype), batch, dim, length)
     decay_fn, scale_fn = DISCRETIZATIONS[discretization] if isinstance(discretization, str) else discretization
-    h = torch.zeros(batch, dim, A.shape[1], dtype=cdtype)
+    h = torch.zeros(batch, dim, A.shape[1], dtype=cdtype) if initial_state is None else initial_state.to(cdtype)
     ys = []
     for t in range(length):
         dt = delta[:, :, t, None]

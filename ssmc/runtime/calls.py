@@ -55,11 +55,16 @@ def _complex_or_real(name, x, want_complex):
     return x
 
 
-def _pair(x, want_complex):
-    """(re, im) float32 contiguous; im is None for a real operand."""
+def compute_dtype(u) -> torch.dtype:
+    """float64 stays float64 (gradcheck); every other input computes in float32."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _pair(x, want_complex, compute):
+    """(re, im) in the compute dtype, contiguous; im is None for a real operand."""
     if want_complex:
-        return x.real.float().contiguous(), x.imag.float().contiguous()
-    return x.float().contiguous(), None
+        return x.real.to(compute).contiguous(), x.imag.to(compute).contiguous()
+    return x.to(compute).contiguous(), None
 
 
 def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, delta_bias=None) -> dict:
@@ -78,8 +83,9 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
     if A.shape[0] != dim:
         _fail("A", f"({dim}, N): one row per channel of u", A)
     state = A.shape[1]
-    out = {"u": u.contiguous(), "delta": delta.float().contiguous()}
-    out["A_re"], out["A_im"] = _pair(A, sig.complex)
+    compute = compute_dtype(u)
+    out = {"u": u.contiguous(), "delta": delta.to(compute).contiguous()}
+    out["A_re"], out["A_im"] = _pair(A, sig.complex, compute)
     for name, selective in (("B", sig.selective_B), ("C", sig.selective_C)):
         x = B if name == "B" else C
         if selective:
@@ -95,7 +101,7 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
             if tuple(x.shape) != (dim, state):
                 _fail(name, f"({dim}, {state}) = (dim, N)", x)
         _complex_or_real(name, x, sig.complex)
-        out[f"{name}_re"], out[f"{name}_im"] = _pair(x, sig.complex)
+        out[f"{name}_re"], out[f"{name}_im"] = _pair(x, sig.complex, compute)
     for name, x, wanted in (("D", D, sig.has_D), ("delta_bias", delta_bias, sig.has_dt_bias)):
         if wanted and x is None:
             raise ShapeError(f"{name}: this layer was compiled with it, but None was passed")
@@ -105,7 +111,7 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
             _real(name, _tensor(name, x, 1, f"({dim},) = (dim,)"))
             if x.shape[0] != dim:
                 _fail(name, f"({dim},) = (dim,)", x)
-            x = x.float().contiguous()
+            x = x.to(compute).contiguous()
         out["D" if name == "D" else "dt_bias"] = x
     if sig.has_z:
         if z is None:
@@ -121,3 +127,17 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
         if isinstance(x, torch.Tensor) and x.device != device:
             raise ShapeError(f"{name}: expected a tensor on {device} (the device of u), got {x.device}")
     return out
+
+
+def normalize_initial_state(sig: ScanSignature, state, u, A):
+    """(re, im) of the state before the first step, (batch, dim, N) in the compute dtype; None if none."""
+    if state is None:
+        return None
+    batch, dim, _ = u.shape
+    expected = (batch, dim, A.shape[1])
+    if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
+        _fail("initial_state", f"{expected} = (batch, dim, N)", state)
+    _complex_or_real("initial_state", state, sig.complex)
+    if state.device != u.device:
+        raise ShapeError(f"initial_state: expected a tensor on {u.device} (the device of u), got {state.device}")
+    return _pair(state, sig.complex, compute_dtype(u))
