@@ -5,9 +5,14 @@ only) with the plan's blocks printed by `TritonPrinter`. Two rewrites happen on 
 
 - exp -> exp2: `exp(A·dt)` in the discretization becomes `exp2(A_log2e·dt)`, with log2(e) folded
   into A once per program (the kernel loads `A_log2e = A · LOG2E` beside A), so the time loop pays
-  one exp2 per (channel, state, step) and no extra multiply. An exponent that is not a multiple of
-  A keeps an explicit `· LOG2E`.
+  one exp2 per (channel, state, step) and no extra multiply. An exponent is recognised through the
+  block's common subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a
+  multiple of A stays `tl.exp` (which Triton lowers to a multiply and an exp2 itself).
 - the schedule's tunable spaces become the `triton.autotune` configs of each kernel.
+
+Training: the scan's backward kernel prints the plan's derived gradient blocks
+(`grad_epilogue_block`, `grad_discretize_block` with the same exp -> exp2 folding, `grad_dt_block`)
+around the template's reverse recurrence; the Vandermonde kernel's backward is a fixed formula.
 """
 from __future__ import annotations
 
@@ -38,23 +43,33 @@ class _Printer(TritonPrinter):
 
 
 def fold_exp2(block, rate: str):
-    """`block` with every exp(x) rewritten as exp2(x·log2 e), folding log2(e) into the symbol `rate`
-    (A or A_re) where x is a multiple of it. Returns (block, whether `<rate>_log2e` is used)."""
+    """`block` with every exp(x) whose exponent x is a multiple of the symbol `rate` (A or A_re),
+    once the block's earlier targets are substituted into it, rewritten as exp2(x·log2 e) with
+    log2(e) folded into `<rate>_log2e`; other exps are kept. Returns (block, whether
+    `<rate>_log2e` is used)."""
     used = False
+    values = {}                 # target -> its expression over the block's inputs
+
+    def inline(expr):
+        return expr.xreplace({s: values[s.name] for s in expr.free_symbols if s.name in values})
 
     def rewrite(arg):
         nonlocal used
-        symbols = {s.name: s for s in arg.free_symbols}
+        full = inline(arg)
+        symbols = {s.name: s for s in full.free_symbols}
         if rate in symbols:
-            folded = arg.subs(symbols[rate], sympy.Symbol(f"{rate}_log2e", real=True) / LOG2E) * LOG2E
+            folded = sympy.expand(full.subs(symbols[rate], sympy.Symbol(f"{rate}_log2e", real=True) / LOG2E) * LOG2E)
             if LOG2E not in folded.free_symbols:
                 used = True
                 return exp2(folded)
-        return exp2(LOG2E * arg)
+        return sympy.exp(arg)
 
-    out = tuple((target, expr.replace(lambda e: isinstance(e, sympy.exp), lambda e: rewrite(e.args[0])))
-                for target, expr in block)
-    return out, used
+    out = []
+    for target, expr in block:
+        expr = expr.replace(lambda e: isinstance(e, sympy.exp), lambda e: rewrite(e.args[0]))
+        out.append((target, expr))
+        values[target] = inline(expr)
+    return tuple(out), used
 
 
 def _tunables(lowered, kernel: str) -> dict:
@@ -70,17 +85,28 @@ def render_sources(lowered) -> dict:
     printer = _Printer()
     context = dict(header=header(lowered, "triton"), name=lowered.spec.name, scan=scan, conv=conv,
                    scan_tunables={}, conv_tunables={}, fold_A=False, time_varying=[],
-                   dt_lines="", discretize_lines="", epilogue_lines="")
+                   dt_lines="", discretize_lines="", epilogue_lines="", grad_epilogue_lines="",
+                   grad_discretize_lines="", grad_dt_lines="", grad_epilogue_targets=[])
     if scan is not None:
         if scan.direction != "forward":
             raise CompileError(f"triton backend: scan direction {scan.direction!r} is not supported "
                                "(expected 'forward')")
+        if not (scan.grad_epilogue_block and scan.grad_discretize_block and scan.grad_dt_block):
+            raise CompileError("triton backend: the scan plan has no gradient blocks "
+                               "(the derive_backward pass did not run)")
         rate = "A_re" if scan.complex else "A"
-        discretize, context["fold_A"] = fold_exp2(scan.discretize_block, rate)
-        depth = 8 if scan.selective_dt else 4        # inside the time loop, or hoisted before it
+        discretize, fold_forward = fold_exp2(scan.discretize_block, rate)
+        grad_discretize, fold_backward = fold_exp2(scan.grad_discretize_block, rate)
+        context["fold_A"] = fold_forward or fold_backward
+        # per step inside the time loops (depth 12), or hoisted before them / after them (depth 4)
+        depth = 12 if scan.selective_dt else 4
         context["dt_lines"] = indent(print_block(scan.dt_block, printer), depth)
         context["discretize_lines"] = indent(print_block(discretize, printer), depth)
-        context["epilogue_lines"] = indent(print_block(scan.epilogue_block, printer), 8)
+        context["epilogue_lines"] = indent(print_block(scan.epilogue_block, printer), 12)
+        context["grad_epilogue_lines"] = indent(print_block(scan.grad_epilogue_block, printer), 12)
+        context["grad_discretize_lines"] = indent(print_block(grad_discretize, printer), depth)
+        context["grad_dt_lines"] = indent(print_block(scan.grad_dt_block, printer), depth)
+        context["grad_epilogue_targets"] = [target for target, _ in scan.grad_epilogue_block]
         context["time_varying"] = [name for name, selective in (("B", scan.selective_B), ("C", scan.selective_C))
                                    if selective]
         context["scan_tunables"] = _tunables(lowered, KERNEL_NAMES["scan"])

@@ -14,6 +14,7 @@ import ssmc
 from ssmc.backends import triton as triton_backend
 from ssmc.compiler import compile_package
 from ssmc.reference import selective_scan_ref
+from ssmc.runtime.calls import normalize_scan_args
 
 from conftest import rel_error, scan_inputs
 
@@ -132,7 +133,7 @@ def test_same_functions_as_the_torch_backend():
     for spec in (ssmc.presets.mamba(d_state=4), ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=False))):
         package = compile_package(spec)
         triton_kernels, torch_kernels = package.KERNELS.get("triton"), package.KERNELS.get("torch")
-        for name in ("scan_fwd", "vandermonde"):
+        for name in ("scan_fwd", "scan_bwd", "vandermonde", "vandermonde_bwd"):
             assert hasattr(triton_kernels, name) == hasattr(torch_kernels, name), name
             if hasattr(torch_kernels, name):
                 assert (inspect.signature(getattr(triton_kernels, name))
@@ -141,15 +142,20 @@ def test_same_functions_as_the_torch_backend():
 
 def test_interpreter_keeps_one_config_and_gpu_prunes_by_shape(monkeypatch):
     kernels = _triton_kernels(ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=False)))
-    assert len(kernels._scan_fwd_kernel.configs) == 1
-    assert len(kernels._vandermonde_kernel.configs) == 1
+    for kernel in ("_scan_fwd_kernel", "_scan_bwd_kernel", "_vandermonde_kernel", "_vandermonde_bwd_kernel"):
+        assert len(getattr(kernels, kernel).configs) == 1, kernel
     monkeypatch.setattr(kernels, "INTERPRETED", False)
     configs = kernels._configs(kernels.SCAN_TUNABLES)
     assert len(configs) == 12   # BLOCK_D in [8, 16, 32, 64] x num_warps in [2, 4, 8]
+    # channel blocks stay within a segment (channels sharing their groups) and a bounded state tile
     prune = kernels._pruner(BLOCK_D=kernels._widest_channel_block)
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"dim": 6, "n_state": 16})} == {8}
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"dim": 1536, "n_state": 16})} == {8, 16, 32, 64}
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"dim": 1536, "n_state": 128})} == {8, 16, 32}
+    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 6, "n_state": 16})} == {8}
+    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 1536, "n_state": 16})} == {8, 16, 32, 64}
+    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 1536, "n_state": 128})} == {8, 16, 32}
+    prune_bwd = kernels._pruner(BLOCK_D=kernels._channel_block_limit(kernels.MAX_STATE_TILE_BWD))
+    assert {c.kwargs["BLOCK_D"] for c in prune_bwd(configs, {"seg": 1536, "n_state": 16})} == {8, 16, 32, 64}
+    assert {c.kwargs["BLOCK_D"] for c in prune_bwd(configs, {"seg": 1536, "n_state": 128})} == {8}
+    assert kernels._segment(12, torch.empty(2, 3, 4, 5), torch.empty(2, 2, 4, 5)) == 2   # gcd(4, 6)
 
 
 def test_generated_source_is_readable_python():
@@ -165,10 +171,40 @@ def test_generated_source_is_readable_python():
 
 
 def test_fold_exp2():
-    A, dt = sympy.Symbol("A", real=True), sympy.Symbol("dt", real=True)
+    A, dt, gtmp0 = (sympy.Symbol(name, real=True) for name in ("A", "dt", "gtmp0"))
     block, used = triton_backend.fold_exp2((("decay", sympy.exp(A * dt)), ("g", sympy.exp(dt))), "A")
     assert used
     printer = triton_backend._Printer()
-    assert [printer.doprint(expr) for _, expr in block] == ["tl.exp2(A_log2e*dt)", "tl.exp2(LOG2E*dt)"]
+    assert [printer.doprint(expr) for _, expr in block] == ["tl.exp2(A_log2e*dt)", "tl.exp(dt)"]
     _, used = triton_backend.fold_exp2((("decay", sympy.exp(A + dt)),), "A")
     assert not used
+    # through a common subexpression (as the derived gradient blocks have them)
+    block, used = triton_backend.fold_exp2((("gtmp0", A * dt), ("g", 2 * sympy.exp(gtmp0))), "A")
+    assert used and printer.doprint(block[1][1]) == "2.0*tl.exp2(A_log2e*dt)"
+
+
+def test_checkpoints_and_initial_state(backend):
+    """scan_fwd(..., h0, chunk=4) over 10 steps: checkpoints are the states entering steps 0, 4, 8
+    (the first is h0), against the reference run on prefixes."""
+    backend("triton")
+    spec = ssmc.SSM("ck", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.MambaZOH(),
+                    selective=("dt", "B", "C"), dt_softplus=True, skip_D=False)
+    kernels = _triton_kernels(spec)
+    x = scan_inputs(batch=2, dim=5, length=10, n_state=4, complex_state=True, seed=0)
+    h0 = torch.complex(torch.randn(2, 5, 4), torch.randn(2, 5, 4))
+    args = normalize_scan_args(compile_package(spec).SIGNATURE, x["u"], x["delta"], x["A"], x["B"], x["C"])
+    operands = [args[k] for k in ("u", "delta", "dt_bias", "A_re", "A_im", "B_re", "B_im", "C_re", "C_im", "D", "z")]
+    out, state_re, state_im, ckpt_re, ckpt_im = kernels.scan_fwd(*operands, h0.real.contiguous(),
+                                                                 h0.imag.contiguous(), chunk=4)
+    assert ckpt_re.shape == ckpt_im.shape == (2, 5, 3, 4)
+    for index, start in enumerate((0, 4, 8)):
+        expected = h0 if start == 0 else selective_scan_ref(
+            x["u"][..., :start], x["delta"][..., :start], x["A"], x["B"][..., :start], x["C"][..., :start],
+            delta_softplus=True, return_last_state=True, initial_state=h0)[1]
+        assert rel_error(torch.complex(ckpt_re[:, :, index], ckpt_im[:, :, index]), expected) < TOL, start
+    y_ref, last_ref = selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"], delta_softplus=True,
+                                         return_last_state=True, initial_state=h0)
+    assert rel_error(out, y_ref) < TOL and rel_error(torch.complex(state_re, state_im), last_ref) < TOL
+    no_checkpoints = kernels.scan_fwd(*operands, h0.real.contiguous(), h0.imag.contiguous(), chunk=0)
+    assert no_checkpoints[3] is None and no_checkpoints[4] is None
+    assert torch.equal(no_checkpoints[0], out)
