@@ -3,15 +3,22 @@ vector lane, an inlined exp in the recurrence and libmvec elsewhere), plus the c
 compiles it on first use (`ssmc.runtime.cbuild`).
 
 Files: `kernels_c.c` (the kernels, `templates/c/kernels.c.jinja`) and `kernels_c.py` (the loader,
-with the same functions and signatures as the torch backend's `kernels_torch.py`).
+with the same functions and signatures as the torch backend's `kernels_torch.py`: scan_fwd with
+checkpoints, scan_bwd, vandermonde, vandermonde_bwd).
+
+Every kernel is rendered for `float` and for `double` (float64 operands: gradcheck); the blocks are
+printed once per precision (`expf` / `2.0f` against `exp` / `2.0`).
 """
 from __future__ import annotations
 
+import sympy
+
 from ..errors import CompileError
-from .printers import CPrinter
+from .printers import CPrinter, _print_power
 from .render import fused_plans, header, indent, print_block, render
 
 STATEMENT = "const float {target} = {value};"
+PRECISIONS = ("float", "double")
 
 
 class RecurrenceCPrinter(CPrinter):
@@ -21,8 +28,35 @@ class RecurrenceCPrinter(CPrinter):
     functions = {**CPrinter.functions, "exp": "ssmc_exp", "sin": "ssmc_sinf", "cos": "ssmc_cosf"}
 
 
-def _lines(block, spaces: int, printer=None) -> str:
-    return indent(print_block(block, printer or CPrinter(), STATEMENT), spaces)
+class DoubleCPrinter(CPrinter):
+    """double C: libm's double functions, unsuffixed literals."""
+
+    functions = {"exp": "exp", "log": "log", "cos": "cos", "sin": "sin", "sqrt": "sqrt", "Abs": "fabs",
+                 "softplus": "ssmc_softplus_double", "silu": "ssmc_silu_double"}
+
+    def _print_Pow(self, expr):
+        return _print_power(self, expr, "1.0", "sqrt({})")
+
+    def _print_Rational(self, expr):
+        return f"({float(expr.p)!r} / {float(expr.q)!r})"
+
+    def _print_Integer(self, expr):
+        return f"{float(expr)!r}"
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+
+def _printers(precision: str):
+    """(printer, printer of the recurrence's inner loops) of a precision."""
+    if precision == "float":
+        return CPrinter(), RecurrenceCPrinter()
+    return DoubleCPrinter(), DoubleCPrinter()
+
+
+def _lines(block, spaces: int, printer=None, precision: str = "float") -> str:
+    statement = f"const {precision} {{target}} = {{value}};"
+    return indent(print_block(block, printer or CPrinter(), statement), spaces)
 
 
 def _time_index(direction: str) -> str:
@@ -33,6 +67,56 @@ def _time_index(direction: str) -> str:
     raise CompileError(f"C backend: unknown scan direction {direction!r}, expected 'forward' or 'reverse'")
 
 
+def _real_symbols(expr):
+    return expr.xreplace({s: sympy.Symbol(s.name, real=True) for s in expr.free_symbols})
+
+
+def _inline(block) -> dict:
+    """The block's targets as whole expressions (temporaries substituted back), over real symbols."""
+    values = {}
+    for target, expr in block:
+        expr = _real_symbols(expr)
+        values[target] = expr.xreplace({s: values[s.name] for s in expr.free_symbols if s.name in values})
+    return values
+
+
+def discretize_with_gradient(plan) -> tuple:
+    """One block computing the discretization (decay*, scale*) and its vector-Jacobian product
+    (grad_dt, grad_A*) from dt, A*, grad_decay*, grad_scale*: the backward's inner loop needs both,
+    and one common-subexpression elimination shares their exp/cos/sin (one exp per element, not two)."""
+    forward = {k: v for k, v in _inline(plan.discretize_block).items() if k.startswith(("decay", "scale"))}
+    gradient = {k: v for k, v in _inline(plan.grad_discretize_block).items() if k.startswith("grad_")}
+    targets = list(forward.items()) + list(gradient.items())
+    replacements, reduced = sympy.cse([e for _, e in targets], symbols=sympy.numbered_symbols("btmp"))
+    return tuple((str(s), e) for s, e in replacements) + tuple((n, e) for (n, _), e in zip(targets, reduced))
+
+
+def _precision_context(scan, conv, precision: str) -> dict:
+    printer, recurrence = _printers(precision)
+    context = dict(T=precision)
+    if precision == "float":
+        context.update(exp="expf", cos="ssmc_cosf", sin="ssmc_sinf")
+    else:
+        context.update(exp="exp", cos="cos", sin="sin")
+    if scan is not None:
+        if not scan.grad_discretize_block or not scan.grad_dt_block or not scan.grad_epilogue_block:
+            raise CompileError("C backend: the scan plan has no backward blocks (run the backward-derivation pass)")
+        lines = lambda block, spaces, p=printer: _lines(block, spaces, p, precision)  # noqa: E731
+        context.update(
+            dt_lines=lines(scan.dt_block, 16),
+            dt_lines_hoisted=lines(scan.dt_block, 8),
+            discretize_lines=lines(scan.discretize_block, 20, recurrence),
+            discretize_lines_hoisted=lines(scan.discretize_block, 12),
+            epilogue_lines=lines(scan.epilogue_block, 16),
+            grad_epilogue_lines=lines(scan.grad_epilogue_block, 16),
+            bwd_discretize_lines=lines(discretize_with_gradient(scan), 20, recurrence),
+            grad_discretize_lines_hoisted=lines(scan.grad_discretize_block, 12),
+            grad_dt_lines=lines(scan.grad_dt_block, 16),
+            grad_dt_lines_hoisted=lines(scan.grad_dt_block, 16),
+        )
+    return context
+
+
 def render_sources(lowered) -> dict:
     plans = fused_plans(lowered)
     scan, conv = plans.get("scan"), plans.get("conv")
@@ -40,8 +124,7 @@ def render_sources(lowered) -> dict:
         return {}
     context = dict(header=header(lowered, "c", "//"), py_header=header(lowered, "c"), name=lowered.spec.name,
                    d_state=lowered.spec.d_state, scan=scan, conv=conv, time_index="start + i",
-                   dt_lines="", dt_lines_hoisted="", discretize_lines="", discretize_lines_hoisted="",
-                   epilogue_lines="")
+                   precisions=[_precision_context(scan, conv, p) for p in PRECISIONS])
     if scan is not None:
         parts = ("_re", "_im") if scan.complex else ("",)
         operands = {name: [name + "_re", name + "_im"] if scan.complex else [name + "_re"] for name in "BC"}
@@ -54,17 +137,23 @@ def render_sources(lowered) -> dict:
             discretized = ["A" + part for part in parts]
         else:
             discretized = ["decay" + part for part in parts] + ["scale" + part for part in parts]
-        # the (N, lanes) float tiles of a block's scratch, in order: state, then per-channel operands
+        # the (N, lanes) tiles of a block's scratch, in order: state, then per-channel operands
         tiles = ["h_re", "h_im"][:len(parts)] + discretized + per_lane
+        # the backward's tiles: the carried gradient, per-channel operands (B never folded) and the
+        # per-channel gradient sums over time
+        bwd_per_lane = (operands["B"] if not scan.selective_B else []) + (operands["C"] if not scan.selective_C else [])
+        if scan.selective_dt:
+            bwd_discretized = ["A" + part for part in parts] + ["gA" + part for part in parts]
+        else:
+            bwd_discretized = [f"{g}{name}{part}" for g in ("", "g") for name in ("decay", "scale") for part in parts]
+        bwd_tiles = (["carry_re", "carry_im"][:len(parts)] + bwd_discretized + bwd_per_lane
+                     + ["g" + name for name in bwd_per_lane])
+        reduction = ", ".join(f"g{name}_n" for name in broadcast)
         context.update(
             time_index=_time_index(scan.direction), parts=parts, broadcast=broadcast, per_lane=per_lane,
-            tiles=tiles, epilogue_lines=_lines(scan.epilogue_block, 16),
+            tiles=tiles, bwd_per_lane=bwd_per_lane, bwd_tiles=bwd_tiles,
+            broadcast_reduction=f" reduction(+:{reduction})" if reduction else "",
+            grad_epilogue_targets=[target for target, _ in scan.grad_epilogue_block],
         )
-        if scan.selective_dt:
-            context.update(dt_lines=_lines(scan.dt_block, 16),
-                           discretize_lines=_lines(scan.discretize_block, 20, RecurrenceCPrinter()))
-        else:
-            context.update(dt_lines_hoisted=_lines(scan.dt_block, 8),
-                           discretize_lines_hoisted=_lines(scan.discretize_block, 12))
     return {"kernels_c.c": render("c/kernels.c.jinja", **context),
             "kernels_c.py": render("c/kernels.py.jinja", **context)}

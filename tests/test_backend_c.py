@@ -180,7 +180,9 @@ def test_inner_loops_call_vector_math(backend):
         package = compile_package(spec)
         source = os.path.join(os.path.dirname(package.__file__), "kernels_c.c")
         with open(source) as f:
-            library = cbuild.compile_library(f.read(), "kernels_c")
+            # the float forward library as the loader builds it
+            library = cbuild.compile_library(f.read(), "kernels_c", defines=("SSMC_FLOAT", "SSMC_FORWARD"),
+                                             flags=("-O2",))
         disassembly = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True).stdout
         for name in wanted:
             assert f"v_{name}" in disassembly, f"{name} is not vectorised in {spec.name}"
@@ -264,7 +266,8 @@ def test_reverse_direction(tmp_path, monkeypatch):
     signature = ScanSignature(complex=False, selective_dt=True, selective_B=True, selective_C=True,
                               has_dt_bias=True, has_D=True, has_z=True)
     args = normalize_scan_args(signature, x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"])
-    y, state, _ = module.scan_fwd(**args)
+    y, state, state_im, ckpt_re, ckpt_im = module.scan_fwd(**args)
+    assert state_im is None and ckpt_re is None and ckpt_im is None
     flip = {k: x[k].flip(-1) for k in ("u", "delta", "B", "C", "z")}
     y_ref, state_ref = selective_scan_ref(flip["u"], flip["delta"], x["A"], flip["B"], flip["C"], x["D"], flip["z"],
                                           x["delta_bias"], delta_softplus=True, return_last_state=True)

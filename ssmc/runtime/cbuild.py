@@ -1,11 +1,14 @@
 """Compiling generated C to shared libraries and loading them through ctypes.
 
     library = load_library("kernels_c.c")      # compiled once, cached on disk, loaded once per process
+    library = load_library("kernels_c.c", defines=("SSMC_FLOAT", "SSMC_FORWARD"))   # a part of it
 
 The system compiler (`backend.c_compiler()`) builds with `-O3 -march=native -ffast-math -fopenmp`
 (OpenMP over batch x channel, glibc's vector math for `expf` & co. in `#pragma omp simd` loops); where
 OpenMP is missing the build retries with `-fopenmp-simd` (the simd pragmas still vectorise, the
 parallel ones are ignored), then with neither. `SSMC_CFLAGS` adds flags (split like a shell would).
+`defines` adds -D flags, so that one source can be built in parts (the generated kernels: one
+library per precision and direction, each compiled only when first needed).
 
 Cache: `$SSMC_CACHE_DIR/c/<hash>.so` (by default ~/.cache/ssmc/c), the hash covering the source
 text, the flags, the compiler (path and `--version`) and the host CPU (because of -march=native).
@@ -93,13 +96,16 @@ def _run_compiler(compiler: str, source_path: Path, output: Path, flags: tuple):
     return command, None
 
 
-def compile_library(source: str, name: str = "kernels") -> Path:
-    """Path of the shared library built from C `source` (compiled unless cached)."""
+def compile_library(source: str, name: str = "kernels", defines: tuple = (), flags: tuple = ()) -> Path:
+    """Path of the shared library built from C `source` with -D`defines` and `flags` after the base
+    flags (say, another -O level; SSMC_CFLAGS still come last) (compiled unless cached)."""
     compiler = c_compiler()
     if compiler is None:
         raise CompileError("no C compiler found (tried $CC, cc, gcc, clang); use SSMC_BACKEND=torch")
     directory = cache_dir()
-    attempts = [BASE_FLAGS + flags + extra_flags() for flags in (OPENMP_FLAGS, *FALLBACK_FLAGS)]
+    macros = tuple(f"-D{macro}" for macro in defines)
+    attempts = [BASE_FLAGS + parallel + tuple(flags) + macros + extra_flags()
+                for parallel in (OPENMP_FLAGS, *FALLBACK_FLAGS)]
     # the key is that of the preferred flags: a fallback build is stored under it too, so that a
     # machine without OpenMP does not retry the failing build on every load
     key = _key(source, compiler, attempts[0])
@@ -113,10 +119,10 @@ def compile_library(source: str, name: str = "kernels") -> Path:
             f.write(source)
         os.replace(tmp_source, source_path)
     errors = []
-    for flags in attempts:
+    for attempt in attempts:
         fd, tmp_output = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=directory)
         os.close(fd)
-        command, error = _run_compiler(compiler, source_path, Path(tmp_output), flags)
+        command, error = _run_compiler(compiler, source_path, Path(tmp_output), attempt)
         if error is None:
             os.replace(tmp_output, target)
             return target
@@ -128,12 +134,13 @@ def compile_library(source: str, name: str = "kernels") -> Path:
     raise CompileError(f"the C compiler failed on {source_path}:\n" + "\n\n".join(errors))
 
 
-def load_library(source_path) -> ctypes.CDLL:
-    """The compiled library of the C file at `source_path`, loaded once per process."""
+def load_library(source_path, defines: tuple = (), flags: tuple = ()) -> ctypes.CDLL:
+    """The compiled library of the C file at `source_path` (with -D`defines` and `flags`), loaded
+    once per process."""
     source = Path(source_path).read_text()
     name = Path(source_path).stem
     with _LOCK:
-        path = compile_library(source, name)
+        path = compile_library(source, name, defines, flags)
         library = _LOADED.get(path)
         if library is None:
             try:
@@ -141,7 +148,7 @@ def load_library(source_path) -> ctypes.CDLL:
             except OSError:
                 # a damaged cache entry (say, from a full disk): build it again, once
                 path.unlink(missing_ok=True)
-                path = compile_library(source, name)
+                path = compile_library(source, name, defines, flags)
                 library = ctypes.CDLL(str(path))
             _LOADED[path] = library
         return library
