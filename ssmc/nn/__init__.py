@@ -1,2 +1,3 @@
-"""Ready layers built from the presets."""
+"""Ready layers built on ssmc's compiled ops."""
+from .mamba import Mamba  # noqa: F401
 from .s4d import S4D  # noqa: F401

@@ -1,0 +1,90 @@
+"""The Mamba block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
+Spaces", Section 3.4 and Figure 3) with ssmc's selective scan as its SSM.
+
+On (batch, len, d_model):
+
+    x, z   = in_proj(hidden)                        two branches of width d_inner = expand·d_model
+    x      = silu(causal depthwise conv1d(x))       kernel d_conv, left padding d_conv - 1
+    dt_low, B, C = x_proj(x)                        widths dt_rank, d_state, d_state
+    delta  = dt_proj.weight @ dt_low                (dt_proj.bias is applied inside the scan)
+    dt     = softplus(delta + dt_proj.bias)
+    h_t    = exp(dt_t A) h_{t-1} + dt_t B_t x_t,    y_t = C_t h_t + D x_t     (A = -exp(A_log))
+    out    = out_proj(y · silu(z))
+
+The parameter names and shapes (in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj) are those
+of the reference implementation's Mamba module, so that its checkpoints load without renaming.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime import init as initializers
+
+
+class Mamba(nn.Module):
+    """Mamba block: (batch, len, d_model) -> (batch, len, d_model)."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=1e-3, dt_max=1e-1,
+                 dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
+                 device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+        # dt_proj: weight with std ~ dt_rank^-1/2 (so that dt_proj(dt_low) starts O(1)), bias so that
+        # softplus(bias) is log-uniform in [dt_min, dt_max].
+        std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, std)
+            elif dt_init == "random":
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
+            else:
+                raise ValueError(f"dt_init: expected 'constant' or 'random', got {dt_init!r}")
+            self.dt_proj.bias.copy_(initializers.mamba_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor))
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-Real: A = -(1, 2, ..., N) per channel, kept in float32 as its log.
+        self.A_log = nn.Parameter(initializers.s4d_real(self.d_inner, d_state).to(device=device))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+
+    def ssm_inputs(self, hidden):
+        """The selective scan's operands (u, delta, A, B, C, D, z, delta_bias) for `hidden`
+        (batch, len, d_model): u, delta, z (batch, d_inner, len); B, C (batch, d_state, len)."""
+        batch, length, _ = hidden.shape
+        xz = self.in_proj(hidden).transpose(1, 2)                       # (batch, 2·d_inner, len)
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :length])                        # causal: drop the right tail
+        dt_low, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state],
+                                   dim=-1)
+        delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)      # bias goes to the scan
+        A = -torch.exp(self.A_log.float())
+        return dict(u=x, delta=delta, A=A, B=B.transpose(1, 2), C=C.transpose(1, 2), D=self.D.float(), z=z,
+                    delta_bias=self.dt_proj.bias.float())
+
+    def forward(self, hidden):
+        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
+            raise ValueError(f"hidden: expected (batch, len, {self.d_model}), got {tuple(hidden.shape)}")
+        from ..ops import selective_scan_fn
+        s = self.ssm_inputs(hidden)
+        y = selective_scan_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], z=s["z"],
+                              delta_bias=s["delta_bias"], delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
