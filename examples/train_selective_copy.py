@@ -3,9 +3,10 @@
 Each example is a context of `--seq-len` tokens: `--tokens` K data tokens at random positions among
 blank (noise) tokens. Then come K marker tokens: the first is the delimiter and each is an output
 slot, where the model (causal, no teacher forcing) must emit the K data tokens in their order.
-Loss and accuracy count only those K slots. Because the positions vary from example to example, a
-time-invariant (LTI) model cannot solve it with a fixed convolution kernel; a selective SSM can,
-by letting dt depend on the token (keep data, skip blanks).
+Loss and accuracy count only those K slots. Because the positions vary from example to example, no
+fixed (time-invariant) convolution kernel solves it: an LTI model such as S4D has to approximate it
+through the nonlinearities between its layers, and learns it far more slowly. A selective SSM
+solves it directly by making dt depend on the token (hold the state over blanks, write on data).
 
     python examples/train_selective_copy.py --model mamba
     python examples/train_selective_copy.py --model s4d
@@ -160,6 +161,10 @@ class _PlainBar:
             sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
             sys.stderr.flush()
 
+    def write(self, message):
+        sys.stderr.write(("\n" if self.tty else "") + message + "\n")
+        sys.stderr.flush()
+
     def close(self):
         if self.tty:
             sys.stderr.write("\n")
@@ -177,8 +182,8 @@ def progress(total, desc, enabled=True):
 
 # -- training --------------------------------------------------------------------------------------
 
-def train(model_kind="mamba", steps=800, seq_len=64, n_tokens=8, n_data=16, d_model=64, n_layers=2,
-          d_state=None, batch_size=64, lr=3e-3, warmup=50, weight_decay=0.1, seed=0, device="cpu",
+def train(model_kind="mamba", steps=2000, seq_len=64, n_tokens=8, n_data=16, d_model=64, n_layers=2,
+          d_state=None, batch_size=32, lr=1e-2, warmup=50, weight_decay=0.1, seed=0, device="cpu",
           eval_batches=8, eval_every=0, show_progress=True, log=print):
     """Train a fresh model; returns a dict with the model, the loss history, the held-out accuracy
     and the wall times."""
@@ -219,10 +224,7 @@ def train(model_kind="mamba", steps=800, seq_len=64, n_tokens=8, n_data=16, d_mo
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             acc = evaluate(model, seq_len, n_tokens, n_data, batches=2, seed=seed + 20_000, device=device)
             message = f"step {step + 1}: loss {running:.4f}, held-out accuracy {100 * acc:.1f}%"
-            if bar is not None and hasattr(bar, "write"):
-                bar.write(message)
-            else:
-                log(message)
+            (bar.write if bar is not None else log)(message)
     if bar is not None:
         bar.close()
     train_time = time.perf_counter() - start
@@ -240,22 +242,24 @@ def backend_name(device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=("mamba", "s4d"), default="mamba")
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--model", choices=("mamba", "s4d"), default="mamba", help="the sequence-mixing layer")
+    p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--seq-len", type=int, default=64, help="context length holding the data tokens")
     p.add_argument("--tokens", type=int, default=8, help="number of data tokens to copy (K)")
     p.add_argument("--vocab", type=int, default=16, help="number of distinct data tokens")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="residual blocks")
     p.add_argument("--d-state", type=int, default=None, help="default: 16 for mamba, 64 for s4d")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=32, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-2, help="AdamW peak learning rate (warmup, cosine decay)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model and training data")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out batches of 128 examples")
-    p.add_argument("--eval-every", type=int, default=0, help="print held-out accuracy every N steps (0: never)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--eval-every", type=int, default=500, help="print held-out accuracy every N steps (0: never)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of torch and the C kernels (default: torch's choice; "
+                        "1 is faster on a busy machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -266,8 +270,8 @@ def main(argv=None):
     print(f"ssmc backend: {backend_name(args.device)}; torch threads: {torch.get_num_threads()}")
     result = train(args.model, steps=args.steps, seq_len=args.seq_len, n_tokens=args.tokens, n_data=args.vocab,
                    d_model=args.d_model, n_layers=args.layers, d_state=args.d_state, batch_size=args.batch,
-                   lr=args.lr, seed=args.seed, device=args.device, eval_batches=args.eval_batches, eval_every=args.eval_every,
-                   show_progress=not args.no_progress)
+                   lr=args.lr, seed=args.seed, device=args.device, eval_batches=args.eval_batches,
+                   eval_every=args.eval_every, show_progress=not args.no_progress)
     print(f"{args.model}: trained {args.steps} steps in {result['train_time']:.1f}s; final train loss "
           f"{sum(result['losses'][-20:]) / len(result['losses'][-20:]):.4f}")
     print(f"{args.model}: held-out token accuracy {100 * result['accuracy']:.2f}% "
