@@ -14,7 +14,7 @@ from __future__ import annotations
 import sympy
 
 from ..errors import CompileError
-from .printers import CPrinter, _print_power
+from .printers import CPrinter, DoubleCPrinter
 from .render import fused_plans, header, indent, print_block, render
 
 STATEMENT = "const float {target} = {value};"
@@ -26,25 +26,6 @@ class RecurrenceCPrinter(CPrinter):
     sin/cos the template's names that keep gcc from fusing them into a scalar sincosf."""
 
     functions = {**CPrinter.functions, "exp": "ssmc_exp", "sin": "ssmc_sinf", "cos": "ssmc_cosf"}
-
-
-class DoubleCPrinter(CPrinter):
-    """double C: libm's double functions, unsuffixed literals."""
-
-    functions = {"exp": "exp", "log": "log", "cos": "cos", "sin": "sin", "sqrt": "sqrt", "Abs": "fabs",
-                 "softplus": "ssmc_softplus_double", "silu": "ssmc_silu_double"}
-
-    def _print_Pow(self, expr):
-        return _print_power(self, expr, "1.0", "sqrt({})")
-
-    def _print_Rational(self, expr):
-        return f"({float(expr.p)!r} / {float(expr.q)!r})"
-
-    def _print_Integer(self, expr):
-        return f"{float(expr)!r}"
-
-    def _print_Float(self, expr):
-        return repr(float(expr))
 
 
 def _printers(precision: str):

@@ -111,20 +111,30 @@ class CPrinter(C99CodePrinter):
 
     _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_Function
 
+    suffix = "f"          # float literals: 2.0f
+
     def _print_Pow(self, expr):
-        return _print_power(self, expr, "1.0f", "sqrtf({})")
+        return _print_power(self, expr, f"1.0{self.suffix}", self.functions["sqrt"] + "({})")
 
     def _print_Rational(self, expr):
-        return f"({float(expr.p)!r}f / {float(expr.q)!r}f)"
+        return f"({float(expr.p)!r}{self.suffix} / {float(expr.q)!r}{self.suffix})"
 
     def _print_Integer(self, expr):
-        return f"{float(expr)!r}f"
+        return f"{float(expr)!r}{self.suffix}"
 
     def _print_Float(self, expr):
-        return f"{float(expr)!r}f"
+        return f"{float(expr)!r}{self.suffix}"
 
     def _print_Symbol(self, expr):
         return expr.name
+
+
+class DoubleCPrinter(CPrinter):
+    """double C: libm's double functions, unsuffixed literals."""
+
+    suffix = ""
+    functions = {"exp": "exp", "log": "log", "cos": "cos", "sin": "sin", "sqrt": "sqrt", "Abs": "fabs",
+                 "softplus": "ssmc_softplus_double", "silu": "ssmc_silu_double"}
 
 
 def _refuse_unknown_functions(printer, expr) -> None:
