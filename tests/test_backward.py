@@ -14,20 +14,9 @@ from ssmc.ir.pass_manager import lower
 from ssmc.ir.passes.backward import inline
 from ssmc.reference import selective_scan_ref
 
-from conftest import rel_error, scan_inputs
+from conftest import GRADIENT_SPECS, rel_error, scan_inputs
 
-SPECS = {
-    "mamba_groups": (ssmc.presets.mamba(d_state=3, groups=2), ("dt", "B", "C"), 2),
-    "complex_selective": (ssmc.SSM("cx", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
-                                   selective=("dt", "B", "C"), dt_softplus=True, dt_bias=True, gate=True),
-                          ("dt", "B", "C"), 1),
-    "lti_complex_bilinear_scan": (ssmc.SSM("lb", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear(),
-                                           schedule="scan"), (), 1),
-    "lti_real_zoh_scan": (ssmc.SSM("lr", 3, discretization=ssmc.ZOH(), schedule="scan", dt_bias=True,
-                                   dt_softplus=True), (), 1),
-    "custom_only_B": (ssmc.SSM("cb", 2, discretization=ssmc.Custom(decay="1/(1 - dt*A)", input_scale="dt/(1 - dt*A)"),
-                               selective=("B",), skip_D=False), ("B",), 1),
-}
+SPECS = GRADIENT_SPECS
 
 
 def _float64_inputs(spec, selective, groups, length=11, seed=None):

@@ -14,25 +14,11 @@ from ssmc.compiler import compile_package
 from ssmc.reference import selective_scan_ref
 from ssmc.runtime.backend import c_compiler
 
-from conftest import rel_error, scan_inputs
+from conftest import GRADIENT_SPECS, rel_error, scan_inputs
 
 pytestmark = pytest.mark.skipif(c_compiler() is None, reason="no C compiler")
 
-SPECS = {
-    "mamba_groups": (ssmc.presets.mamba(d_state=3, groups=2), ("dt", "B", "C"), 2),
-    "complex_selective": (ssmc.SSM("cx", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
-                                   selective=("dt", "B", "C"), dt_softplus=True, dt_bias=True, gate=True),
-                          ("dt", "B", "C"), 1),
-    "lti_complex_bilinear": (ssmc.SSM("lb", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear(),
-                                      schedule="scan"), (), 1),
-    "lti_complex_zoh": (ssmc.SSM("lz", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="scan"),
-                        (), 1),
-    "lti_real_zoh_bias": (ssmc.SSM("lr", 3, discretization=ssmc.ZOH(), schedule="scan", dt_bias=True,
-                                   dt_softplus=True), (), 1),
-    "lti_real_bilinear": (ssmc.SSM("lrb", 3, discretization=ssmc.Bilinear(), schedule="scan"), (), 1),
-    "custom_only_B": (ssmc.SSM("cb", 2, discretization=ssmc.Custom(decay="1/(1 - dt*A)", input_scale="dt/(1 - dt*A)"),
-                               selective=("B",), skip_D=False), ("B",), 1),
-}
+SPECS = GRADIENT_SPECS
 
 
 @pytest.fixture
