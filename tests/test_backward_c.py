@@ -4,7 +4,6 @@ PyTorch backend's, the Vandermonde kernel's backward, a reverse-direction plan, 
 the backward (checkpoints, never every state)."""
 import dataclasses
 import importlib.util
-
 import os
 
 import pytest
