@@ -22,10 +22,12 @@ PRECISIONS = ("float", "double")
 
 
 class RecurrenceCPrinter(CPrinter):
-    """The C printer of the recurrence's inner loop: exp is the template's inlined `ssmc_exp`, and
-    sin/cos the template's names that keep gcc from fusing them into a scalar sincosf."""
+    """The C printer of the recurrence's inner loop: exp and expm1 are the template's inlined
+    `ssmc_exp` / `ssmc_expm1` (one shared polynomial), and sin/cos the template's names that keep gcc
+    from fusing them into a scalar sincosf."""
 
-    functions = {**CPrinter.functions, "exp": "ssmc_exp", "sin": "ssmc_sinf", "cos": "ssmc_cosf"}
+    functions = {**CPrinter.functions, "exp": "ssmc_exp", "expm1": "ssmc_expm1", "sin": "ssmc_sinf",
+                 "cos": "ssmc_cosf"}
 
 
 def _printers(precision: str):

@@ -13,7 +13,7 @@ from sympy.printing.c import C99CodePrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError
-from ..ir.functions import silu, softplus
+from ..ir.functions import expm1, log1p, silu, softplus
 
 
 class UnsupportedExpression(CompileError):
@@ -21,8 +21,8 @@ class UnsupportedExpression(CompileError):
 
 
 def _print_power(printer, expr: sympy.Pow, one: str, sqrt_format: str) -> str:
-    """x**k for small integer k as products (no pow call, exact in every target), x**(1/2) as sqrt;
-    other powers are refused."""
+    """x**k for small integer k as products (no pow call, exact in every target), x**(1/2) as sqrt,
+    x**(k/2) as a product with one sqrt; other powers are refused."""
     exp = expr.exp
     base = printer.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
     if exp.is_Integer and 1 <= int(exp) <= 4:
@@ -32,6 +32,12 @@ def _print_power(printer, expr: sympy.Pow, one: str, sqrt_format: str) -> str:
         return f"{one} / (" + "*".join([base] * -int(exp)) + ")"
     if exp == sympy.Rational(1, 2):
         return sqrt_format.format(printer._print(expr.base))
+    if exp.is_Rational and exp.q == 2 and -9 <= exp.p <= 9:
+        # x**(k/2) (derivatives of sqrt: x**(-1/2), x**(-3/2)) as x**(k//2)·sqrt(x), inverted for k < 0
+        root = sqrt_format.format(printer._print(expr.base))
+        factors = [base] * ((abs(exp.p) - 1) // 2) + [root]
+        product = "(" + "*".join(factors) + ")"
+        return product if exp > 0 else f"{one} / {product}"
     raise UnsupportedExpression(f"{type(printer).__name__}: unsupported power {expr}")
 
 
@@ -52,7 +58,7 @@ class _TensorPrinter(PythonCodePrinter):
         args = ", ".join(self._print(a) for a in expr.args)
         return self.functions[name].format(args=args, lib=self.lib)
 
-    _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_Function
+    _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_sign = _print_Function
 
     def _print_Pow(self, expr, rational=False):
         return _print_power(self, expr, "1.0", self.functions["sqrt"].format(args="{}", lib=self.lib))
@@ -78,7 +84,9 @@ class TritonPrinter(_TensorPrinter):
     functions = {
         "exp": "tl.exp({args})", "log": "tl.log({args})", "cos": "tl.cos({args})", "sin": "tl.sin({args})",
         "sqrt": "tl.sqrt({args})", "Abs": "tl.abs({args})",
-        "softplus": "softplus({args})", "silu": "silu({args})",
+        "sign": "tl.where(({args}) > 0, 1.0, tl.where(({args}) < 0, -1.0, 0.0))",
+        # the template's jit helpers (no libdevice: it does not run under the interpreter)
+        "softplus": "softplus({args})", "silu": "silu({args})", "expm1": "expm1({args})", "log1p": "log1p({args})",
     }
 
 
@@ -87,7 +95,8 @@ class TorchPrinter(_TensorPrinter):
     functions = {
         "exp": "torch.exp({args})", "log": "torch.log({args})", "cos": "torch.cos({args})",
         "sin": "torch.sin({args})", "sqrt": "torch.sqrt({args})", "Abs": "torch.abs({args})",
-        "arg": "torch.angle({args})",
+        "arg": "torch.angle({args})", "sign": "torch.sign({args})",
+        "expm1": "torch.expm1({args})", "log1p": "torch.log1p({args})",
         "softplus": "F.softplus({args})", "silu": "F.silu({args})",
     }
     _print_arg = _TensorPrinter._print_Function
@@ -97,6 +106,7 @@ class CPrinter(C99CodePrinter):
     """float32 C: `expf` not `exp`, `2.0f` literals, small powers as products."""
 
     functions = {"exp": "expf", "log": "logf", "cos": "cosf", "sin": "sinf", "sqrt": "sqrtf", "Abs": "fabsf",
+                 "expm1": "expm1f", "log1p": "log1pf", "sign": "ssmc_sign",
                  "softplus": "ssmc_softplus", "silu": "ssmc_silu"}
 
     def doprint(self, expr, *args, **kwargs):
@@ -109,7 +119,7 @@ class CPrinter(C99CodePrinter):
             raise UnsupportedExpression(f"CPrinter cannot print {name}(...) in {expr}")
         return f"{self.functions[name]}({', '.join(self._print(a) for a in expr.args)})"
 
-    _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_Function
+    _print_exp = _print_log = _print_cos = _print_sin = _print_Abs = _print_sign = _print_Function
 
     suffix = "f"          # float literals: 2.0f
 
@@ -134,6 +144,7 @@ class DoubleCPrinter(CPrinter):
 
     suffix = ""
     functions = {"exp": "exp", "log": "log", "cos": "cos", "sin": "sin", "sqrt": "sqrt", "Abs": "fabs",
+                 "expm1": "expm1", "log1p": "log1p", "sign": "ssmc_sign_double",
                  "softplus": "ssmc_softplus_double", "silu": "ssmc_silu_double"}
 
 
@@ -151,7 +162,7 @@ def print_block(block, printer, statement="{target} = {value}") -> list:
     return [statement.format(target=target, value=printer.doprint(expr)) for target, expr in block]
 
 
-for _fn in (softplus, silu):
+for _fn in (softplus, silu, expm1, log1p):
     # sympy dispatches on the class name; make sure the custom functions reach _print_Function
     setattr(TritonPrinter, f"_print_{_fn.__name__}", TritonPrinter._print_Function)
     setattr(TorchPrinter, f"_print_{_fn.__name__}", TorchPrinter._print_Function)

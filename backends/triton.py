@@ -3,7 +3,8 @@
 `render_sources` fills `templates/triton/kernels.py.jinja` (plain Triton; jinja picks structure
 only) with the plan's blocks printed by `TritonPrinter`. Two rewrites happen on the way:
 
-- exp -> exp2: `exp(A·dt)` in the discretization becomes `exp2(A_log2e·dt)`, with log2(e) folded
+- exp -> exp2: `exp(A·dt)` in the discretization becomes `exp2(A_log2e·dt)` (and `expm1(A·dt)`
+  `expm1_exp2(A_log2e·dt)`, which shares that exp2), with log2(e) folded
   into A once per program (the kernel loads `A_log2e = A · LOG2E` beside A), so the time loop pays
   one exp2 per (channel, state, step) and no extra multiply. An exponent is recognised through the
   block's common subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import sympy
 
 from ..errors import CompileError
+from ..ir.functions import expm1
 from .printers import TritonPrinter
 from .render import fused_plans, header, indent, print_block, render
 
@@ -37,9 +39,13 @@ class exp2(sympy.Function):
     """2**x, printed as tl.exp2."""
 
 
+class expm1_exp2(sympy.Function):
+    """2**x - 1, printed as the template's expm1_exp2 (which shares its exp2 with the decay's)."""
+
+
 class _Printer(TritonPrinter):
-    functions = {**TritonPrinter.functions, "exp2": "tl.exp2({args})"}
-    _print_exp2 = TritonPrinter._print_Function
+    functions = {**TritonPrinter.functions, "exp2": "tl.exp2({args})", "expm1_exp2": "expm1_exp2({args})"}
+    _print_exp2 = _print_expm1_exp2 = TritonPrinter._print_Function
 
 
 def fold_exp2(block, rate: str):
@@ -53,7 +59,7 @@ def fold_exp2(block, rate: str):
     def inline(expr):
         return expr.xreplace({s: values[s.name] for s in expr.free_symbols if s.name in values})
 
-    def rewrite(arg):
+    def rewrite(arg, unfolded, folded_function):
         nonlocal used
         full = inline(arg)
         symbols = {s.name: s for s in full.free_symbols}
@@ -61,12 +67,14 @@ def fold_exp2(block, rate: str):
             folded = sympy.expand(full.subs(symbols[rate], sympy.Symbol(f"{rate}_log2e", real=True) / LOG2E) * LOG2E)
             if LOG2E not in folded.free_symbols:
                 used = True
-                return exp2(folded)
-        return sympy.exp(arg)
+                return folded_function(folded)
+        return unfolded(arg)
 
     out = []
     for target, expr in block:
-        expr = expr.replace(lambda e: isinstance(e, sympy.exp), lambda e: rewrite(e.args[0]))
+        expr = expr.replace(lambda e: isinstance(e, sympy.exp), lambda e: rewrite(e.args[0], sympy.exp, exp2))
+        expr = expr.replace(lambda e: isinstance(e, expm1),
+                            lambda e: rewrite(e.args[0], expm1, expm1_exp2))
         out.append((target, expr))
         values[target] = inline(expr)
     return tuple(out), used

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sympy
 
+from ..errors import ScheduleError
+from ..formula import parse
 from .ops import DIM_SYMBOLS
 
 B, D, L, N = (DIM_SYMBOLS[n] for n in ("batch", "dim", "len", "state"))
@@ -35,5 +37,6 @@ def conv_cost(complex_state: bool) -> sympy.Expr:
 def evaluate(expr, shape: dict) -> float:
     """A cost formula (sympy, or its text as stored in a schedule) at concrete dimensions."""
     if isinstance(expr, str):
-        expr = sympy.sympify(expr, locals=dict(DIM_SYMBOLS))   # `len` is a dimension, not the builtin
+        # a stored schedule's text: parsed by whitelist, never evaluated (`len` is a dimension here)
+        expr = parse(expr, "cost formula", DIM_SYMBOLS, functions={"log": sympy.log}, constants={}, error=ScheduleError)
     return float(expr.subs({DIM_SYMBOLS[k]: v for k, v in shape.items() if k in DIM_SYMBOLS}))

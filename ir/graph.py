@@ -6,11 +6,14 @@ text dump, the generated code and every cache key are stable from run to run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import networkx as nx
 import sympy
 
+from ..errors import CompileError
+from ..formula import read_srepr
 from . import ops as irops
 from .plans import plan_from_json
 
@@ -84,13 +87,21 @@ class Graph:
 
     # --- printing and serialisation ---------------------------------------------------------
     def dump(self) -> str:
+        return "\n".join(text for _, text in self.dump_sections())
+
+    def dump_sections(self) -> list:
+        """The dump as (key, text) sections: the ops, then every block of every fused kernel's plan,
+        so that a pass which only fills plan blocks (derive_backward) can show just those."""
         lines = [f"graph {self.name}" + "".join(f"  {k}={v}" for k, v in sorted(self.meta.items()))]
         for op in self.ops():
             ty = f"{op.dtype}[{', '.join(op.shape)}]" if op.shape is not None else f"{op.dtype}[?]"
             args = ", ".join(f"%{v}" for v in op.inputs)
             attrs = _format_attributes(op)
             lines.append(f"  %{op.name:<14} : {ty:<34} = {op.kind}({args}){attrs}")
-        return "\n".join(lines)
+        sections = [("ops", "\n".join(lines))]
+        for op in self.of_kind(irops.Fused):
+            sections += _plan_sections(op)
+        return sections
 
     def to_json(self) -> dict:
         return {"name": self.name, "meta": self.meta, "ops": [_op_to_json(op) for op in self.ops()]}
@@ -125,6 +136,22 @@ def _format_attributes(op: irops.Op) -> str:
     return f"  {{{', '.join(parts)}}}" if parts else ""
 
 
+def _plan_sections(op) -> list:
+    """A fused kernel's plan: its flags on one line, then each non-empty block as assignments."""
+    plan = op.plan
+    if plan is None or not dataclasses.is_dataclass(plan):
+        return []
+    fields = dataclasses.fields(plan)
+    flags = ", ".join(f"{f.name}={getattr(plan, f.name)}" for f in fields if not f.name.endswith("block"))
+    sections = [((op.name, "plan"), f"  plan of %{op.name}: {type(plan).__name__}({flags})")]
+    for f in fields:
+        block = getattr(plan, f.name)
+        if f.name.endswith("block") and block:
+            body = "\n".join(f"      {target} = {expr}" for target, expr in block)
+            sections.append(((op.name, f.name), f"    {f.name} of %{op.name}:\n{body}"))
+    return sections
+
+
 # JSON encoding of op fields: sympy objects as srepr strings, plans as their own JSON.
 def _op_to_json(op: irops.Op) -> dict:
     out = {"kind": op.kind, "name": op.name, "inputs": list(op.inputs),
@@ -144,10 +171,17 @@ def _encode(value):
     return value
 
 
+def ir_functions() -> dict:
+    """The sympy function classes a stored IR may name beyond sympy's own: those of ir/functions.py."""
+    from . import functions
+    return {name: obj for name, obj in vars(functions).items()
+            if isinstance(obj, type) and issubclass(obj, sympy.Function) and obj.__module__ == functions.__name__}
+
+
 def _decode(value):
-    from .functions import silu, softplus
     if isinstance(value, dict) and "sympy" in value:
-        return sympy.sympify(value["sympy"], locals={"softplus": softplus, "silu": silu})
+        # never sympify: it evaluates Python, and graph.json is a file anyone may have edited
+        return read_srepr(value["sympy"], "graph.json", ir_functions(), error=CompileError)
     if isinstance(value, dict) and "plan" in value:
         return plan_from_json(value["plan"])
     if isinstance(value, dict) and "tuple" in value:

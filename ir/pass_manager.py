@@ -50,11 +50,25 @@ class Lowered:
 def lower(spec: SSM, schedule: str | None = None, record: bool = True) -> Lowered:
     ctx = PassContext(request=schedule or spec.schedule)
     graph = build_graph(spec)
+    previous = graph.dump_sections()
     if record:
         ctx.trace.append(("build", graph.dump()))
     for name, run in PIPELINE:
         graph = run(graph, ctx)
         graph = infer_shapes(graph, ctx)
         if record:
-            ctx.trace.append((name, graph.dump()))
+            sections = graph.dump_sections()
+            ctx.trace.append((name, _changes(previous, sections)))
+            previous = sections
     return Lowered(spec, graph, ctx.schedule, tuple(ctx.trace))
+
+
+def _changes(before: list, after: list) -> str:
+    """The IR text after a pass; when the ops did not change (a pass that only fills plan blocks,
+    like derive_backward), only the plan sections it added or changed, so each pass shows its work."""
+    if before[0] != after[0]:
+        return "\n".join(text for _, text in after)
+    old = dict(before)
+    changed = [text for key, text in after[1:] if old.get(key) != text]
+    note = "  (ops unchanged; the plan blocks this pass added or changed:)" if changed else "  (unchanged)"
+    return "\n".join([after[0][1].splitlines()[0], note] + changed)

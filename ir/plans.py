@@ -35,9 +35,12 @@ def block_to_json(block: Block) -> list:
 
 
 def block_from_json(data) -> Block:
-    from . import functions  # noqa: F401  (softplus/silu must be known to sympify)
-    namespace = {"softplus": functions.softplus, "silu": functions.silu}
-    return tuple((target, sympy.sympify(text, locals=namespace)) for target, text in data)
+    """Read back without sympify (which evaluates Python: graph.json may have been edited)."""
+    from ..errors import CompileError
+    from ..formula import read_srepr
+    from .functions import IR_FUNCTIONS
+    return tuple((target, read_srepr(text, f"plan block {target}", IR_FUNCTIONS, error=CompileError))
+                 for target, text in data)
 
 
 @dataclass(frozen=True)

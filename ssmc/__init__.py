@@ -13,7 +13,7 @@ from .errors import CompileError, ScheduleError, ShapeError, SpecError, SSMCErro
 __version__ = "0.1.0"
 
 _SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom")
-_SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "cli")
+_SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "formula", "cli")
 
 
 def compile(spec):

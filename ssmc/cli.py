@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import runpy
 import sys
+import traceback
 from pathlib import Path
 
+from . import __version__
 from .errors import SSMCError
 from .spec import SSM
 
@@ -14,15 +17,52 @@ SHAPE_ALIASES = {"batch": "batch", "b": "batch", "len": "len", "l": "len", "leng
 
 
 def load_specs(path: str) -> dict:
-    """The module-level `ssmc.SSM` objects of a spec file, by variable name."""
+    """The module-level `ssmc.SSM` objects of a spec file, by variable name.
+
+    Anything the file raises (a SpecError, a syntax error, a NameError...) becomes an SSMCError
+    located at the file's line and, where the line assigns one, the variable: a user fixing a spec
+    needs that, not a traceback through runpy (`--debug` shows it)."""
     file = Path(path)
     if not file.is_file():
         raise SSMCError(f"SPEC: no such file {path!r}")
-    namespace = runpy.run_path(str(file), run_name=f"ssmc_spec_{file.stem}")
+    try:
+        namespace = runpy.run_path(str(file), run_name=f"ssmc_spec_{file.stem}")
+    except SyntaxError as error:
+        where = path if Path(error.filename or "").resolve() == file.resolve() else error.filename
+        raise SSMCError(f"{where}:{error.lineno}: syntax error: {error.msg}") from error
+    except Exception as error:      # noqa: BLE001 -- whatever the user's file raises, located
+        raise SSMCError(_located(path, error)) from error
     specs = {name: value for name, value in namespace.items() if isinstance(value, SSM)}
     if not specs:
         raise SSMCError(f"SPEC: {path} defines no ssmc.SSM object at module level")
     return specs
+
+
+def _located(path: str, error: BaseException) -> str:
+    """`path:line (variable v): message`, from the innermost traceback frame in the spec file."""
+    target = Path(path).resolve()
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == target]
+    message = str(error) if isinstance(error, SSMCError) else f"{type(error).__name__}: {error}"
+    if not frames:
+        return f"{path}: {message}"
+    line = frames[-1].lineno
+    variable = _assigned_variable(target, line)
+    return f"{path}:{line}" + (f" (variable {variable})" if variable else "") + f": {message}"
+
+
+def _assigned_variable(file: Path, line: int) -> str | None:
+    """The name a top-level `name = ...` statement spanning `line` assigns, if any."""
+    try:
+        tree = ast.parse(file.read_text())
+    except (SyntaxError, ValueError, OSError):
+        return None
+    for statement in tree.body:
+        if statement.lineno <= line <= (statement.end_lineno or statement.lineno):
+            targets = statement.targets if isinstance(statement, ast.Assign) else \
+                [statement.target] if isinstance(statement, ast.AnnAssign) else []
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            return names[0] if names else None
+    return None
 
 
 def parse_shape(text: str) -> dict:
@@ -30,7 +70,9 @@ def parse_shape(text: str) -> dict:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         canonical = SHAPE_ALIASES.get(key.strip().lower())
-        if not sep or canonical is None or not value.strip().isdigit() or int(value) <= 0:
+        value = value.strip()
+        # ASCII digits only: '²'.isdigit() is True, and int('²') fails
+        if not sep or canonical is None or not (value.isascii() and value.isdigit()) or int(value) <= 0:
             raise SSMCError(f"--shape: expected name=positive int with names in batch, len, dim, state, "
                             f"got {item!r}")
         shape[canonical] = int(value)
@@ -38,12 +80,27 @@ def parse_shape(text: str) -> dict:
 
 
 def cmd_compile(args) -> int:
-    from .compiler import write_package
+    """Write OUT/<spec name>/ per spec. Everything is checked (unique names, replaceable targets)
+    and rendered before anything is written, so a refusal leaves OUT as it was."""
+    from .compiler import check_output, render_files, write_package
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise SSMCError(f"--output: {out} exists and is not a directory")
+    by_name = {}
     for variable, spec in load_specs(args.spec).items():
-        directory = write_package(spec, out / spec.name, schedule=args.schedule)
-        files = ", ".join(sorted(p.name for p in directory.iterdir()))
-        print(f"{variable}: spec '{spec.name}' -> {directory}/ ({files})")
+        by_name.setdefault(spec.name, []).append((variable, spec))
+    for name, entries in by_name.items():
+        if len({spec.content_hash() for _, spec in entries}) > 1:
+            raise SSMCError(f"SPEC: {', '.join(variable for variable, _ in entries)} are different specs with the "
+                            f"same name {name!r}, and each would be written to {out / name}; rename one (nothing "
+                            f"was written)")
+        check_output(out / name, force=args.force)
+    rendered = {name: render_files(entries[0][1], args.schedule) for name, entries in by_name.items()}
+    for name, entries in by_name.items():
+        directory = write_package(entries[0][1], out / name, force=args.force, files=rendered[name])
+        files = ", ".join(sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")))
+        variables = " = ".join(variable for variable, _ in entries)
+        print(f"{variables}: spec '{name}' -> {directory}/ ({files})")
     print(f"import with: sys.path.insert(0, {str(out)!r}); import <spec name>")
     return 0
 
@@ -73,22 +130,30 @@ def cmd_explain(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssmc", description="A compiler for State Space Model kernels.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compile", help="write an importable package per spec in SPEC.py")
     p.add_argument("spec", metavar="SPEC.py")
     p.add_argument("-o", "--output", default="build", help="output directory (default: build)")
     p.add_argument("--schedule", choices=("auto", "scan", "conv"), default=None,
                    help="override the specs' schedule")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT/<name> even if ssmc did not write it (never a symbolic link)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     p.set_defaults(run=cmd_compile)
     p = sub.add_parser("explain", help="print the IR after each pass and the schedule decisions")
     p.add_argument("spec", metavar="SPEC.py")
     p.add_argument("--shape", default="", help="e.g. batch=2,len=4096,dim=1536 (names: batch, len, dim, state)")
     p.add_argument("--schedule", choices=("auto", "scan", "conv"), default=None)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     p.set_defaults(run=cmd_explain)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except SSMCError as error:
+        if args.debug:
+            traceback.print_exc()
         print(f"ssmc: error: {error}", file=sys.stderr)
         return 2
 

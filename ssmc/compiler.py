@@ -1,33 +1,58 @@
 """The compile pipeline: spec -> lowered IR -> rendered package on disk -> imported module.
 
-`compile(spec)` caches by content hash, in process and on disk (`$SSMC_CACHE_DIR`, by default
-~/.cache/ssmc): the package directory is written under a temporary name and renamed into place, so
-two processes compiling the same spec never see a half-written package.
+`compile(spec)` caches by content hash, in process and on disk (`ssmc.runtime.cache`: by default
+~/.cache/ssmc/packages/<spec name>_<spec hash>_<compiler hash>/).
+
+Every package ssmc writes holds a marker, `.ssmc-package` (JSON: ssmc version, spec name and hash,
+compiler fingerprint, and the sha256 of every file). It is what makes a directory ssmc's own:
+- In the cache, the package is written into a staging directory beside its final name, marker
+  last, and published by one rename: an entry whose marker matches its files is complete. Entries
+  are immutable (a process may be importing one at any time): never replaced, never removed. An
+  entry that does not match its marker (damaged, or written before markers) is left alone and the
+  package goes to the next free name, `<key>.1`, `<key>.2`, ... A process that loses a publishing
+  race discards its staging directory once the winner's entry checks out.
+- `ssmc compile` (`write_package`) replaces an existing OUT/<name>/ only if ssmc wrote it: a sound
+  marker, no file changed since, nothing else in it but `__pycache__`. Anything else is refused,
+  naming the path, unless `force`. A symbolic link is never replaced nor followed, force or not.
+  Replacing: stage beside it, move the old one aside, move the new one in, delete the old one.
+
+First use from several threads is safe: one lock per package key, and a module becomes visible to
+other threads only once it has run.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
+import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+from . import __version__
 from .backends.package import render_package
+from .errors import SpecError, SSMCError
 from .ir.pass_manager import lower
+from .runtime import cache
 from .spec import SSM
-from .errors import SpecError
+
+MARKER = ".ssmc-package"
+MARKER_LIMIT = 1 << 20
+SPARE_NAMES = 8           # <key>.1 ... <key>.8 beside damaged cache entries
 
 _IMPORTED = {}
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SSMC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ssmc")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The cache root (absolute, created, checked)."""
+    return cache.root()
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,51 +68,248 @@ def compiler_fingerprint() -> str:
     return digest.hexdigest()[:8]
 
 
-def write_package(spec: SSM, directory: Path, schedule: str | None = None) -> Path:
-    """Write the package of `spec` into `directory` (created; replaced atomically if present)."""
-    files = render_package(lower(spec, schedule))
+def package_key(spec: SSM) -> str:
+    return f"{spec.name}_{spec.content_hash()}_{compiler_fingerprint()}"
+
+
+def render_files(spec: SSM, schedule: str | None = None) -> dict:
+    """{file name: text} of the package of `spec` (nothing written)."""
+    return render_package(lower(spec, schedule))
+
+
+def _lock(name: str) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.RLock())
+
+
+# ---- the marker -------------------------------------------------------------------------------------
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _marker_text(spec: SSM, files: dict) -> str:
+    marker = {"format": 1, "ssmc": __version__, "spec": spec.name, "spec_hash": spec.content_hash(),
+              "compiler": compiler_fingerprint(),
+              "files": {name: _sha256(text.encode()) for name, text in sorted(files.items())}}
+    return json.dumps(marker, indent=1, sort_keys=True) + "\n"
+
+
+def read_marker(directory: Path) -> dict | None:
+    """The marker of `directory` if it is a real directory with a well-formed marker, else None."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    for name, text in files.items():
-        (staging / name).write_text(text)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)
     try:
-        os.replace(staging, directory)
+        if directory.is_symlink() or not directory.is_dir():
+            return None
+        with open(directory / MARKER, "rb") as f:
+            marker = json.loads(f.read(MARKER_LIMIT))
+        files = marker["files"]
+        if not (isinstance(files, dict) and all(isinstance(name, str) and isinstance(sha, str) and name
+                                                and os.path.basename(name) == name and name not in (".", "..")
+                                                for name, sha in files.items())):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return None if path.is_symlink() else _sha256(path.read_bytes())
     except OSError:
-        # another process won the race with identical content
+        return None
+
+
+def _changed_files(directory: Path, marker: dict, missing_counts: bool) -> list:
+    """Files of the marker whose content differs from what ssmc wrote."""
+    changed = []
+    for name, sha in marker["files"].items():
+        found = _file_sha(directory / name)
+        if found != sha and (found is not None or missing_counts):
+            changed.append(name)
+    return changed
+
+
+def _sound_entry(directory: Path, spec: SSM) -> bool:
+    """A complete, unaltered cache entry of `spec` by this compiler."""
+    marker = read_marker(directory)
+    return (marker is not None and marker.get("spec_hash") == spec.content_hash()
+            and marker.get("compiler") == compiler_fingerprint()
+            and not _changed_files(directory, marker, missing_counts=True))
+
+
+# ---- writing ----------------------------------------------------------------------------------------
+
+def _stage(parent: Path, name: str, files: dict, marker: str, mode) -> Path:
+    """A new directory beside `parent/name` holding `files`, then the marker; modes from `mode`."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{cache.TEMP_PREFIX}{name}-", dir=parent))
+    except OSError as exc:
+        raise SSMCError(f"output directory {parent} is not writable: {exc.strerror or exc}") from exc
+    try:
+        for file_name, text in [*files.items(), (MARKER, marker)]:
+            path = staging / file_name
+            path.write_text(text)
+            os.chmod(path, mode(directory=False))
+        os.chmod(staging, mode(directory=True))
+    except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        raise SSMCError(f"could not write the package {name} in {parent}: {exc.strerror or exc}") from exc
+    return staging
+
+
+def _remove(path: Path):
+    """Remove what ssmc moved aside (rmtree never follows symbolic links)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def check_output(directory: Path, force: bool = False) -> bool:
+    """Whether `ssmc compile` may write the package directory `directory`, replacing what is there
+    (True) or creating it (False); an SSMCError naming the path when it may not."""
+    directory = Path(directory)
+    if directory.is_symlink():
+        raise SSMCError(f"{directory} is a symbolic link: ssmc compile never replaces or follows links; "
+                        f"remove it or choose another output directory (-o)")
+    if not os.path.lexists(directory):
+        return False
+    if force:
+        return True
+    if not directory.is_dir():
+        raise SSMCError(f"{directory} exists and is not a directory ssmc wrote; move it away, choose another "
+                        f"output directory (-o), or pass --force to replace it")
+    marker = read_marker(directory)
+    if marker is None:
+        raise SSMCError(f"{directory} exists and has no {MARKER} marker, so ssmc did not write it: ssmc compile "
+                        f"replaces only its own packages; move it away, choose another output directory (-o), "
+                        f"or pass --force to replace it")
+    changed = _changed_files(directory, marker, missing_counts=False)
+    foreign = sorted(set(os.listdir(directory)) - set(marker["files"]) - {MARKER, "__pycache__"})
+    if changed or foreign:
+        what = "; ".join(part for part in (
+            f"files changed since ssmc wrote them: {', '.join(changed)}" if changed else "",
+            f"files ssmc did not write: {', '.join(foreign[:8])}{', ...' if len(foreign) > 8 else ''}"
+            if foreign else "") if part)
+        raise SSMCError(f"{directory} holds {what}; replacing it would lose them: move them away, or pass "
+                        f"--force to replace it anyway")
+    return True
+
+
+def write_package(spec: SSM, directory: Path, schedule: str | None = None, force: bool = False,
+                  files: dict | None = None) -> Path:
+    """Write the package of `spec` (or the rendered `files`) to `directory`, replacing a previous
+    package only as `check_output` allows. Returns `directory`."""
+    directory = Path(directory)
+    replace = check_output(directory, force)
+    files = render_files(spec, schedule) if files is None else files
+    parent = directory.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SSMCError(f"output directory {parent}: cannot create it: {exc.strerror or exc}") from exc
+    staging = _stage(parent, directory.name, files, _marker_text(spec, files), cache.output_mode)
+    (_swap_in if replace else _move_in)(staging, directory)
     return directory
 
 
-def import_package(directory: Path, module_name: str):
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    init = Path(directory) / "__init__.py"
-    spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(directory)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+def _move_in(staging: Path, directory: Path):
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+        os.rename(staging, directory)
+    except OSError as exc:           # say, created meanwhile by someone else: never silent success
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SSMCError(f"could not create {directory}: {exc.strerror or exc}") from exc
+
+
+def _swap_in(staging: Path, directory: Path):
+    """Replace `directory` by `staging`: the old one moves aside first, so that a failure at any step
+    leaves one complete version in place (or says where it is)."""
+    aside = directory.parent / f"{cache.TEMP_PREFIX}{directory.name}-old-{secrets.token_hex(4)}"
+    try:
+        os.rename(directory, aside)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SSMCError(f"could not replace {directory}: moving it aside failed: {exc.strerror or exc}") from exc
+    try:
+        os.rename(staging, directory)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            os.rename(aside, directory)
+        except OSError:
+            raise SSMCError(f"could not replace {directory} ({exc.strerror or exc}); its previous version is "
+                            f"now at {aside}") from exc
+        raise SSMCError(f"could not replace {directory}: {exc.strerror or exc}") from exc
+    try:
+        _remove(aside)
+    except OSError as exc:
+        raise SSMCError(f"wrote {directory}, but could not remove its previous version, now at {aside}: "
+                        f"{exc.strerror or exc}") from exc
+
+
+# ---- the cache --------------------------------------------------------------------------------------
+
+def _cache_entry(spec: SSM, key: str) -> Path:
+    """The directory of the sound cache entry of `spec`, published first if there is none."""
+    packages = cache.directory("packages")
+    candidates = [packages / key] + [packages / f"{key}.{number}" for number in range(1, SPARE_NAMES + 1)]
+    for directory in candidates:
+        if _sound_entry(directory, spec):
+            return directory
+    cache.clean_orphans(packages)
+    cache.announce("generating the package of spec '%s' in %s: a few seconds, once; later runs import it",
+                   spec.name, candidates[0])
+    files = render_files(spec)
+    marker = _marker_text(spec, files)
+    for directory in candidates:
+        if os.path.lexists(directory) and not _sound_entry(directory, spec):
+            continue                        # damaged or foreign: never touched, the next name is used
+        staging = _stage(packages, key, files, marker, cache.cache_mode)
+        try:
+            os.rename(staging, directory)
+            return directory
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise SSMCError(f"could not publish the package {directory}: {exc.strerror or exc}") from exc
+        if _sound_entry(directory, spec):   # another process published it first
+            return directory
+    raise SSMCError(f"the cache entries {candidates[0]} and {candidates[0]}.1 to .{SPARE_NAMES} are all damaged "
+                    f"or foreign; remove them")
+
+
+def import_package(directory: Path, module_name: str):
+    """The module of the package in `directory`, executed once per process. Under the name's lock,
+    so that no thread gets it before it has run (a failed run leaves nothing behind)."""
+    with _lock(module_name):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            return module
+        init = Path(directory) / "__init__.py"
+        spec = importlib.util.spec_from_file_location(module_name, init,
+                                                      submodule_search_locations=[str(directory)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+        return module
 
 
 def compile_package(spec: SSM):
     """The imported generated package of `spec` (its `apply`, `Layer`, kernels)."""
     if not isinstance(spec, SSM):
         raise SpecError(f"compile expects an ssmc.SSM spec, got {type(spec).__name__}")
-    key = f"{spec.name}_{spec.content_hash()}_{compiler_fingerprint()}"
-    if key in _IMPORTED:
-        return _IMPORTED[key]
-    directory = cache_dir() / "packages" / key
-    if not (directory / "__init__.py").exists():
-        write_package(spec, directory)
-    module = import_package(directory, f"ssmc_gen_{key}")
-    _IMPORTED[key] = module
+    key = package_key(spec)
+    module = _IMPORTED.get(key)
+    if module is None:
+        with _lock(key):
+            module = _IMPORTED.get(key)
+            if module is None:
+                module = _IMPORTED[key] = import_package(_cache_entry(spec, key), f"ssmc_gen_{key}")
     return module
 
 

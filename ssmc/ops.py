@@ -6,31 +6,56 @@ runs the generated kernels: CUDA tensors on Triton, CPU tensors on C (`SSMC_BACK
 """
 from __future__ import annotations
 
+import operator
+import threading
+
 import torch
 
 from .errors import ShapeError
 from .spec import SSM, Diagonal, MambaZOH, discretization_from_name
 
-
 _PACKAGES = {}
+_LOCK = threading.Lock()
 
 
-def _package(key: tuple, make_spec):
-    """The compiled package for a call signature. The lookup is a plain dict access on a tuple of
-    Python constants, which torch.compile traces without a graph break (building the spec and
-    compiling happen once, on the first eager call)."""
-    package = _PACKAGES.get(key)
-    if package is None:
-        from .compiler import compile_package
-        package = _PACKAGES[key] = compile_package(make_spec())
-    return package
+def _spec_of(key: tuple) -> SSM:
+    """The spec a call signature stands for (the key holds Python constants only)."""
+    if key[0] == "selective_scan":
+        _, n_state, is_complex, selective, has_D, has_z, softplus, has_bias = key
+        return SSM(name="selective_scan", d_state=n_state, A=Diagonal(real=not is_complex),
+                   discretization=MambaZOH(), selective=selective, skip_D=has_D, gate=has_z,
+                   dt_softplus=softplus, dt_bias=has_bias, schedule="scan")
+    _, n_state, is_complex, discretization, has_D, schedule = key
+    return SSM(name="lti_ssm", d_state=n_state, A=Diagonal(real=not is_complex),
+               discretization=discretization_from_name(discretization), skip_D=has_D, schedule=schedule)
+
+
+@torch.compiler.assume_constant_result
+def _compiled(key: tuple) -> tuple:
+    """Compiles the package of `key` on first use and returns the key.
+
+    torch.compile runs this function as plain Python while it traces (its result is a constant),
+    so building the spec and compiling never enter the trace: a model compiles with
+    fullgraph=True on its first call, warm-up or not. The lock makes the first use from several
+    threads compile once."""
+    if key not in _PACKAGES:
+        with _LOCK:
+            if key not in _PACKAGES:
+                from .compiler import compile_package
+                _PACKAGES[key] = compile_package(_spec_of(key))
+    return key
+
+
+def _package(key: tuple):
+    return _PACKAGES[_compiled(key)]
 
 
 def _state_size(A) -> int:
     if not isinstance(A, torch.Tensor) or A.dim() != 2:
         shape = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
         raise ShapeError(f"A: expected a tensor of shape (dim, N), got {shape}")
-    return A.shape[1]
+    # operator.index makes torch.compile specialise a dynamic size to the int the spec needs
+    return operator.index(A.shape[1])
 
 
 def _varies_over_time(name, x) -> bool:
@@ -39,27 +64,60 @@ def _varies_over_time(name, x) -> bool:
     return x.dim() >= 3
 
 
+def selective_scan_key(d_state, complex_A=False, variable_B=True, variable_C=True, has_D=True, has_z=True,
+                       delta_softplus=True, has_delta_bias=True) -> tuple:
+    """The signature under which `selective_scan_fn` caches the package of such a call."""
+    selective = ("dt",) + (("B",) if variable_B else ()) + (("C",) if variable_C else ())
+    return ("selective_scan", d_state, bool(complex_A), selective, bool(has_D), bool(has_z), bool(delta_softplus),
+            bool(has_delta_bias))
+
+
+def lti_ssm_key(d_state, complex_A=True, discretization="zoh", has_D=True, schedule="auto") -> tuple:
+    """The signature under which `lti_ssm` caches the package of such a call."""
+    return ("lti_ssm", d_state, bool(complex_A), discretization, bool(has_D), schedule)
+
+
+def prepare(key: tuple) -> None:
+    """Compile ahead of the first call (layers do it in __init__: spec errors surface at
+    construction, and the first forward, eager or traced, does not wait for the compiler)."""
+    _compiled(key)
+
+
+def _interleaved_to_complex(name, x, length, compute):
+    """mamba_ssm's real layout of a time-varying B/C for complex A: (batch, [groups,] N, 2·len), the
+    real and imaginary parts of step l at positions 2l and 2l + 1 of the last axis."""
+    if x.shape[-1] != 2 * length:
+        raise ShapeError(f"{name}: with complex A, a real time-varying {name} must be mamba_ssm's interleaved "
+                         f"(batch, [groups,] N, 2·len) = (..., {2 * length}), got {tuple(x.shape)}")
+    return torch.view_as_complex(x.to(compute).unflatten(-1, (length, 2)).contiguous())
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False):
+                      return_last_state=False, initial_state=None):
     """Mamba's selective scan.
 
     u, delta, z: (batch, dim, len); A: (dim, N), real or complex; B, C: (dim, N), (batch, N, len) or
-    (batch, groups, N, len), complex tensors when A is complex; D, delta_bias: (dim,).
+    (batch, groups, N, len), complex when A is complex (or, time-varying, mamba_ssm's real
+    interleaved (batch, [groups,] N, 2·len)); D, delta_bias: (dim,); initial_state (batch, dim, N),
+    an extension of mamba_ssm's signature: the state before the first step (zero if None).
         dt = softplus(delta + delta_bias) (softplus if delta_softplus)
         h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t h_t (2·Re for complex A) + D u_t
         out = y · silu(z)
     Returns out (batch, dim, len) in u's dtype, and with return_last_state also h_L (batch, dim, N).
+    Differentiable in every tensor, initial_state included.
     """
-    selective = ("dt",) + tuple(name for name, x in (("B", B), ("C", C)) if _varies_over_time(name, x))
-    key = ("selective_scan", _state_size(A), A.is_complex(), selective, D is not None, z is not None,
-           bool(delta_softplus), delta_bias is not None)
-
-    def make_spec():
-        return SSM(name="selective_scan", d_state=key[1], A=Diagonal(real=not key[2]), discretization=MambaZOH(),
-                   selective=selective, skip_D=key[4], gate=key[5], dt_softplus=key[6], dt_bias=key[7],
-                   schedule="scan")
-    return _package(key, make_spec).apply(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                          return_last_state=return_last_state)
+    n_state = _state_size(A)
+    variable = {name: _varies_over_time(name, x) for name, x in (("B", B), ("C", C))}
+    if A.is_complex() and isinstance(u, torch.Tensor) and u.dim() == 3:
+        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+        if variable["B"] and not B.is_complex():
+            B = _interleaved_to_complex("B", B, u.shape[2], compute)
+        if variable["C"] and not C.is_complex():
+            C = _interleaved_to_complex("C", C, u.shape[2], compute)
+    key = selective_scan_key(n_state, A.is_complex(), variable["B"], variable["C"], D is not None, z is not None,
+                             delta_softplus, delta_bias is not None)
+    return _package(key).apply(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                               return_last_state=return_last_state, initial_state=initial_state)
 
 
 def lti_ssm(u, dt, A, B, C, D=None, discretization="zoh", schedule="auto"):
@@ -73,9 +131,23 @@ def lti_ssm(u, dt, A, B, C, D=None, discretization="zoh", schedule="auto"):
     for name, x in (("B", B), ("C", C)):
         if isinstance(x, torch.Tensor) and x.dim() != 2:
             raise ShapeError(f"{name}: expected (H, N) for a time-invariant SSM, got {tuple(x.shape)}")
-    key = ("lti_ssm", _state_size(A), A.is_complex(), discretization, D is not None, schedule)
+    key = lti_ssm_key(_state_size(A), A.is_complex(), discretization, D is not None, schedule)
+    return _package(key).apply(u, dt, A, B, C, D=D)
 
-    def make_spec():
-        return SSM(name="lti_ssm", d_state=key[1], A=Diagonal(real=not key[2]),
-                   discretization=discretization_from_name(discretization), skip_D=key[4], schedule=schedule)
-    return _package(key, make_spec).apply(u, dt, A, B, C, D=D)
+
+def lti_kernel(dt, A, B, C, length, discretization="zoh"):
+    """The convolution kernel K (H, length) of `lti_ssm`: K[h, l] = Σ_n (2·Re for complex A)
+    C_hn B_bar_hn A_bar_hn^l, so that lti_ssm(u) = causal_conv(K, u) + D u. dt (H,); A, B, C (H, N).
+    Differentiable; the S4 repository's S4DKernel(L) for ZOH and B = 1."""
+    if not isinstance(dt, torch.Tensor) or dt.dim() != 1:
+        got = tuple(dt.shape) if isinstance(dt, torch.Tensor) else type(dt).__name__
+        raise ShapeError(f"dt: expected a tensor of shape (H,), got {got}")
+    n_state = _state_size(A)
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != (dt.shape[0], n_state):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"{name}: expected ({dt.shape[0]}, {n_state}) = (H, N), got {got}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ShapeError(f"length: expected an int >= 0, got {length!r}")
+    key = lti_ssm_key(n_state, A.is_complex(), discretization, True, "auto")
+    return _package(key).conv_kernel(dt, A, B, C, length)

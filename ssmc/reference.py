@@ -56,7 +56,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         h = decay_fn(dt, A) * h + scale_fn(dt, A) * B[..., t] * u[:, :, t, None]
         y = (C[..., t] * h).sum(-1)
         ys.append(2 * y.real if is_complex else y)
-    y = torch.stack(ys, dim=-1)
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.double()[None, :, None] * u
     if z is not None:

@@ -7,6 +7,8 @@ convolution, block sizes) are deliberately absent; they belong to the compiler.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import json
 import keyword
@@ -15,10 +17,12 @@ from typing import Union
 
 import sympy
 
+from . import formula
 from .errors import SpecError
 
 SELECTIVE_QUANTITIES = ("dt", "B", "C")
 SCHEDULES = ("auto", "scan", "conv")
+MAX_NAME_LENGTH = 64        # the name goes into package and cache directory names
 
 
 def _require(condition: bool, message: str) -> None:
@@ -26,14 +30,55 @@ def _require(condition: bool, message: str) -> None:
         raise SpecError(message)
 
 
+def _shorten(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value) if isinstance(value, str) else '?'} characters)"
+
+
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def spec_class(cls):
+    """A frozen dataclass whose constructor refuses a misspelt, missing or doubled field with a
+    SpecError naming it (and the closest field), instead of dataclasses' bare TypeError."""
+    cls = dataclass(frozen=True)(cls)
+    init = cls.__init__
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in fields]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        _check_arguments(cls.__name__, names, required, args, kwargs)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+def _check_arguments(owner: str, names: list, required: list, args: tuple, kwargs: dict) -> None:
+    if len(args) > len(names):
+        raise SpecError(f"{owner} takes at most {len(names)} positional argument(s) ({', '.join(names) or 'none'}), "
+                        f"got {len(args)}")
+    for key in kwargs:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{owner}: unknown field {key!r}{hint} (fields: {', '.join(names) or 'none'})")
+    twice = [n for n in names[:len(args)] if n in kwargs]
+    if twice:
+        raise SpecError(f"{owner}: field {twice[0]!r} given both by position and by keyword")
+    missing = [n for n in required[len(args):] if n not in kwargs]
+    if missing:
+        raise SpecError(f"{owner}: missing required field(s) {', '.join(missing)}")
 
 
 # --------------------------------------------------------------------------------------------
 # Structure of A
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@spec_class
 class Diagonal:
     """A diagonal A with one entry per (channel, state): real (Mamba) or complex (S4D, DSS)."""
 
@@ -47,7 +92,7 @@ class Diagonal:
         return not self.real
 
 
-@dataclass(frozen=True)
+@spec_class
 class Scalar:
     """A = a·I, one scalar per head (Mamba-2). Real only."""
 
@@ -70,7 +115,7 @@ AStructure = Union[Diagonal, Scalar]
 DT, A_SYM = sympy.symbols("dt A")
 
 
-@dataclass(frozen=True)
+@spec_class
 class ZOH:
     """Zero-order hold on A and B: A_bar = exp(dt A), B_bar = (exp(dt A) - 1) / A · B."""
 
@@ -78,7 +123,7 @@ class ZOH:
         return sympy.exp(DT * A_SYM), (sympy.exp(DT * A_SYM) - 1) / A_SYM
 
 
-@dataclass(frozen=True)
+@spec_class
 class Bilinear:
     """Tustin: A_bar = (1 + dt A/2) / (1 - dt A/2), B_bar = dt / (1 - dt A/2) · B."""
 
@@ -86,7 +131,7 @@ class Bilinear:
         return (1 + DT * A_SYM / 2) / (1 - DT * A_SYM / 2), DT / (1 - DT * A_SYM / 2)
 
 
-@dataclass(frozen=True)
+@spec_class
 class Euler:
     """Forward Euler: A_bar = 1 + dt A, B_bar = dt B."""
 
@@ -94,7 +139,7 @@ class Euler:
         return 1 + DT * A_SYM, DT
 
 
-@dataclass(frozen=True)
+@spec_class
 class MambaZOH:
     """Mamba's simplification: ZOH for A (exp(dt A)), Euler for B (dt B)."""
 
@@ -102,11 +147,13 @@ class MambaZOH:
         return sympy.exp(DT * A_SYM), DT
 
 
-@dataclass(frozen=True)
+@spec_class
 class Custom:
     """A user formula: sympy expressions (or strings) in the symbols `dt` and `A`.
 
-    Example: ``Custom(decay="exp(dt*A)", input_scale="dt/(1 - dt*A/2)")``.
+    Example: ``Custom(decay="exp(dt*A)", input_scale="dt/(1 - dt*A/2)")``. Strings are parsed
+    without evaluating code (ssmc.formula); both formulas and their derivatives must use only what
+    every backend prints: exp, log, sin, cos, sqrt, + - * /, small integer powers, pi, E, I.
     """
 
     decay: object
@@ -115,6 +162,7 @@ class Custom:
     def __post_init__(self):
         for name in ("decay", "input_scale"):
             expr = _parse_formula(getattr(self, name), f"Custom.{name}")
+            formula.check_discretization(expr, f"Custom.{name}", None)
             object.__setattr__(self, name, expr)
 
     def formulas(self):
@@ -122,17 +170,16 @@ class Custom:
 
 
 def _parse_formula(value, field_name: str) -> sympy.Expr:
+    """A formula in the canonical symbols DT and A_SYM (a user's own `dt` symbol, whatever its
+    assumptions, is renamed onto them, so equal formulas hash equally)."""
     allowed = {"dt": DT, "A": A_SYM}
     if isinstance(value, str):
-        try:
-            value = sympy.sympify(value, locals=dict(allowed))
-        except (sympy.SympifyError, SyntaxError, TypeError) as error:
-            raise SpecError(f"{field_name}: cannot parse formula {value!r} ({error})") from None
+        return formula.parse(value, field_name, allowed)
     _require(isinstance(value, sympy.Expr),
              f"{field_name} must be a sympy expression or string in dt and A, got {type(value).__name__}")
     extra = {s.name for s in value.free_symbols} - set(allowed)
     _require(not extra, f"{field_name}: unknown symbols {sorted(extra)}, expected only dt and A")
-    return value
+    return value.xreplace({s: allowed[s.name] for s in value.free_symbols})
 
 
 Discretization = Union[ZOH, Bilinear, Euler, MambaZOH, Custom]
@@ -152,7 +199,7 @@ def discretization_from_name(name) -> Discretization:
 # --------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@spec_class
 class SISO:
     """One single-input single-output SSM per channel (S4D, DSS, Mamba)."""
 
@@ -163,7 +210,7 @@ Heads = SISO
 # --------------------------------------------------------------------------------------------
 # The layer
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@spec_class
 class SSM:
     """A whole SSM layer: h_t = A_bar h_{t-1} + B_bar x_t,  y_t = C h_t (+ D x_t) (· silu(z_t)).
 
@@ -185,8 +232,10 @@ class SSM:
     schedule: str = "auto"
 
     def __post_init__(self):
-        _require(isinstance(self.name, str) and self.name.isidentifier() and not keyword.iskeyword(self.name),
-                 f"name must be a Python identifier (it names the generated package), got {self.name!r}")
+        _require(isinstance(self.name, str) and self.name.isascii() and self.name.isidentifier()
+                 and not keyword.iskeyword(self.name) and len(self.name) <= MAX_NAME_LENGTH,
+                 f"name must be an ASCII Python identifier of at most {MAX_NAME_LENGTH} characters "
+                 f"(it names the generated package and its cache directory), got {_shorten(self.name)}")
         _require(_is_positive_int(self.d_state), f"d_state must be a positive int, got {self.d_state!r}")
         _require(isinstance(self.A, (Diagonal, Scalar)),
                  f"A must be ssmc.Diagonal(real=...) or ssmc.Scalar(), got {self.A!r}")
@@ -221,6 +270,10 @@ class SSM:
         _require(not (self.schedule == "conv" and self.selective),
                  f"schedule='conv' needs a time-invariant layer, but selective={self.selective!r}; "
                  f"expected schedule='scan' or 'auto'")
+        if isinstance(self.discretization, Custom):
+            # only the whole spec knows A's kind: I on a real A, complex parts and their derivatives
+            for name, expr in zip(("decay", "input_scale"), self.discretization.formulas()):
+                formula.check_discretization(expr, f"Custom.{name}", self.is_complex)
 
     # ----------------------------------------------------------------------------------------
     @property

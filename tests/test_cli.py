@@ -39,6 +39,7 @@ def test_explain_prints_passes_and_cost_numbers():
     out = run("-m", "ssmc.cli", "explain", "examples/s4d.py", "--shape", "batch=8,len=4096,dim=256").stdout
     assert "== IR after choose_schedule ==" in out and "== IR after fuse ==" in out
     assert "cost[conv] = " in out and "h: conv (chosen per call by the cost model" in out
+    assert "grad_discretize_block of %scan_kernel:" in out.split("== IR after derive_backward ==")[1]
     out = run("-m", "ssmc.cli", "explain", "examples/s4d.py", "--shape", "batch=1,len=64,dim=256").stdout
     assert "h: scan (chosen per call" in out
 
@@ -46,7 +47,49 @@ def test_explain_prints_passes_and_cost_numbers():
 @pytest.mark.parametrize("args, message", [
     (("compile", "nope.py"), "SPEC: no such file"),
     (("explain", "examples/s4d.py", "--shape", "batch=two"), "--shape: expected name=positive int"),
+    (("explain", "examples/s4d.py", "--shape", "batch=\u00b2"), "--shape: expected name=positive int"),
+    (("explain", "examples/s4d.py", "--shape", "len=\u0661\u0662"), "--shape: expected name=positive int"),
 ])
 def test_cli_errors_are_clear(args, message):
     result = run("-m", "ssmc.cli", *args, check=False)
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+SPEC_FILES = {
+    "typo.py": ("import ssmc\n\nok = ssmc.SSM('ok', 4)\nlayer = ssmc.SSM(\n    name='x',\n    d_sate=8,\n)\n",
+                "typo.py:4 (variable layer): SSM: unknown field 'd_sate'; did you mean 'd_state'?"),
+    "formula.py": ("import ssmc\nbad = ssmc.SSM('b', 4, discretization=ssmc.Custom('gamma(dt)', 'dt'))\n",
+                   "formula.py:2 (variable bad): Custom.decay: the function gamma(...)"),
+    "syntax.py": ("import ssmc\nx = ssmc.SSM('x', 4\n", "syntax.py:2: syntax error: "),
+    "other.py": ("import ssmc\n\nssmc.SSM('x', 4).d_state / 0\n", "other.py:3: ZeroDivisionError: division by zero"),
+}
+
+
+def test_spec_file_errors_name_file_line_and_variable_without_traceback(tmp_path):
+    out = tmp_path / "out"
+    cases = [("explain", name) for name in SPEC_FILES] + [("compile", "typo.py"), ("compile", "syntax.py")]
+    for command, name in cases:
+        source, message = SPEC_FILES[name]
+        (tmp_path / name).write_text(source)
+        extra = ("-o", str(out)) if command == "compile" else ()
+        result = run("-m", "ssmc", command, str(tmp_path / name), *extra, check=False)
+        assert result.returncode == 2, (command, name, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (command, name, result.stderr)
+    assert not out.exists()
+
+
+def test_debug_keeps_the_traceback(tmp_path):
+    (tmp_path / "typo.py").write_text(SPEC_FILES["typo.py"][0])
+    for args in (("--debug", "explain", str(tmp_path / "typo.py")), ("explain", str(tmp_path / "typo.py"), "--debug")):
+        result = run("-m", "ssmc", *args, check=False)
+        assert result.returncode == 2 and "Traceback" in result.stderr and "d_sate" in result.stderr
+
+
+def test_version_and_python_dash_m():
+    import ssmc
+    for module in ("ssmc", "ssmc.cli"):
+        result = run("-m", module, "--version")
+        assert result.stdout.strip() == f"ssmc {ssmc.__version__}"
+    assert "usage: ssmc" in run("-m", "ssmc", "--help").stdout
+    import tomllib
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == ssmc.__version__

@@ -102,3 +102,16 @@ def test_time_varying_readout_alone_rules_out_the_convolution():
     assert [d.algorithm for d in lower(spec).schedule.decisions] == ["scan"]
     with pytest.raises(ssmc.ScheduleError, match="time-invariant"):
         lower(spec, schedule="conv")
+
+
+def test_derive_backward_dump_shows_the_gradient_formulas_not_the_fuse_section_again():
+    trace = dict(lower(SPECS["mamba"]).trace)
+    fuse, backward = trace["fuse"], trace["derive_backward"]
+    assert "discretize_block of %scan_kernel:" in fuse and "grad_" not in fuse
+    assert "ops unchanged" in backward and "%u " not in backward
+    for block, target in (("grad_epilogue_block", "grad_z = "), ("grad_discretize_block", "grad_A = "),
+                          ("grad_dt_block", "grad_dt_bias = ")):
+        assert f"{block} of %scan_kernel:" in backward and target in backward
+    plan = lower(SPECS["mamba"]).graph.of_kind(Fused)[0].plan
+    for target, expr in plan.grad_discretize_block:
+        assert f"      {target} = {expr}" in backward

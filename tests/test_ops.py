@@ -60,10 +60,13 @@ def test_bad_inputs_name_the_argument(change, message):
         selective_scan_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"], z=x["z"], delta_softplus=True)
 
 
-def test_complex_A_requires_complex_B():
+def test_complex_A_requires_complex_or_interleaved_B():
     x = scan_inputs(dim=2, length=5, n_state=2, complex_state=True)
-    with pytest.raises(ssmc.ShapeError, match="B: expected a complex tensor"):
+    with pytest.raises(ssmc.ShapeError, match=r"B: with complex A, a real time-varying B must be mamba_ssm's "
+                                              r"interleaved \(batch, \[groups,\] N, 2·len\) = \(\.\.\., 10\)"):
         selective_scan_fn(x["u"], x["delta"], x["A"], x["B"].real, x["C"])
+    with pytest.raises(ssmc.ShapeError, match="C: expected a complex tensor"):
+        selective_scan_fn(x["u"], x["delta"], x["A"], x["B"], torch.randn(2, 2))
 
 
 def test_lti_ssm_rejects_time_varying_B_and_bad_discretization():

@@ -19,7 +19,7 @@ def test_valid_specs_hash_stably():
     (dict(d_state=2.5), "d_state must be a positive int"),
     (dict(selective=("E",)), "unknown quantity 'E', expected one of dt, B, C"),
     (dict(selective=("dt", "dt")), "listed twice"),
-    (dict(name="not a name"), "name must be a Python identifier"),
+    (dict(name="not a name"), "name must be an ASCII Python identifier"),
     (dict(A="diag"), "A must be ssmc.Diagonal"),
     (dict(A=ssmc.Scalar()), "A=Scalar()"),
     (dict(discretization="rk4"), "discretization must be one of"),
@@ -55,3 +55,40 @@ def test_presets():
     assert ssmc.presets.s4d(64).d_state == 32 and ssmc.presets.s4d(64).is_complex
     assert ssmc.presets.dss(16).is_lti
     assert not ssmc.presets.mamba().is_lti
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ssmc.SSM(name="x", d_sate=8), "SSM: unknown field 'd_sate'; did you mean 'd_state'?"),
+    (lambda: ssmc.SSM("x", 8, dt_softpuls=True), "did you mean 'dt_softplus'?"),
+    (lambda: ssmc.presets.mamba().replace(d_sate=8), "SSM: unknown field 'd_sate'; did you mean 'd_state'?"),
+    (lambda: ssmc.Diagonal(reel=False), "Diagonal: unknown field 'reel'; did you mean 'real'?"),
+    (lambda: ssmc.Custom(decay="exp(dt*A)", input_scal="dt"),
+     "Custom: unknown field 'input_scal'; did you mean 'input_scale'?"),
+    (lambda: ssmc.ZOH(order=2), "ZOH: unknown field 'order'"),
+    (lambda: ssmc.SISO(headdim=4), "SISO: unknown field 'headdim'"),
+    (lambda: ssmc.SSM(d_state=8), "SSM: missing required field(s) name"),
+    (lambda: ssmc.SSM(), "SSM: missing required field(s) name, d_state"),
+    (lambda: ssmc.Custom("exp(dt*A)"), "Custom: missing required field(s) input_scale"),
+    (lambda: ssmc.SSM("x", 8, name="y"), "SSM: field 'name' given both by position and by keyword"),
+    (lambda: ssmc.Diagonal(True, False), "Diagonal takes at most 1 positional argument(s) (real), got 2"),
+])
+def test_misspelt_missing_or_doubled_fields_are_spec_errors(make, message):
+    with pytest.raises(ssmc.SpecError) as info:
+        make()
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["ñame", "层", "x" * 65, "x" * 229, "", "class", 3])
+def test_names_are_short_ascii_identifiers(name):
+    with pytest.raises(ssmc.SpecError, match="name must be an ASCII Python identifier of at most 64"):
+        ssmc.SSM(name, 4)
+
+
+def test_longest_name_is_accepted():
+    assert ssmc.SSM("x" * 64, 4).name == "x" * 64
+
+
+@pytest.mark.parametrize("preset", ["mamba", "s4d", "dss"])
+def test_presets_name_a_misspelt_argument(preset):
+    with pytest.raises(ssmc.SpecError, match=r"unknown field 'd_sate'; did you mean 'd_state'"):
+        getattr(ssmc.presets, preset)(d_sate=8)

@@ -33,7 +33,7 @@ def inline(block) -> dict:
 
 
 def _realify(expr: sympy.Expr) -> sympy.Expr:
-    """One symbol per name, real (positivity of dt is an assumption only the simplifier needs)."""
+    """One symbol per name, real: every block symbol is a real quantity (complex ones are split)."""
     return expr.xreplace({s: _sym(s.name) for s in expr.free_symbols})
 
 

@@ -22,13 +22,22 @@ def _is_time_invariant(graph: Graph, scan: Scan, readouts) -> bool:
     return all("len" not in op.shape for op in operands)
 
 
+def _log(decay: sympy.Expr) -> sympy.Expr:
+    """log(decay) for a^l = exp(l·log a). ZOH's log(exp(dt·A)) is dt·A: no log is ever computed. Any
+    other decay keeps one principal log: splitting it into a sum of logs (Bilinear's ratio
+    log(-dt A - 2) - log(dt A - 2)) is right only up to 2πi, which exp(l·log a) ignores at integer l
+    but which puts a 2π offset into the phase, l·Im(log a), and costs float32 its digits at large l."""
+    if isinstance(decay, sympy.exp):
+        return decay.args[0]
+    return sympy.log(decay)
+
+
 def _add_convolution_form(graph: Graph, scan: Scan, readout: Contract, complex_state: bool) -> str:
     """Add K = Vandermonde(log_decay, coeff) and y_conv = FFTConv(u, K) beside the scan."""
     decay, scale = graph.op(scan.inputs[0]), graph.op(scan.inputs[1])
     b_name, u_name = scan.inputs[2], scan.inputs[3]
     c_name = readout.inputs[0]
-    # a^l = exp(l·log a): for ZOH, log(exp(dt·A)) simplifies to dt·A, so no log is ever computed.
-    log_decay = sympy.expand_log(sympy.log(decay.expr), force=True)
+    log_decay = _log(decay.expr)
     graph.add(Elementwise("log_decay", inputs=decay.inputs, dtype="complex", expr=log_decay))
     doubling = 2 if complex_state else 1
     coeff = doubling * sympy.Symbol(c_name) * sympy.Symbol(b_name) * scale.expr

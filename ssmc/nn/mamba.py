@@ -16,13 +16,14 @@ of the reference implementation's Mamba module, so that its checkpoints load wit
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
+from ..errors import SpecError
 from ..runtime import init as initializers
+from ..runtime.calls import check_choice, check_dt_range, check_int, check_layer_input, check_number, dt_rank_of
 
 
 class Mamba(nn.Module):
@@ -33,12 +34,21 @@ class Mamba(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
+        self.d_model = check_int("d_model", d_model)
+        self.d_state = check_int("d_state", d_state)
+        self.d_conv = check_int("d_conv", d_conv)
         self.expand = expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        check_number("expand", expand)
+        self.d_inner = int(expand * self.d_model)
+        if self.d_inner < 1:
+            raise SpecError(f"expand: expected expand * d_model >= 1, got {expand!r} * {d_model} = {self.d_inner}")
+        self.dt_rank = dt_rank_of(dt_rank, self.d_model)
+        check_dt_range(dt_min, dt_max)
+        check_choice("dt_init", dt_init, ("constant", "random"))
+        check_number("dt_scale", dt_scale)
+        check_number("dt_init_floor", dt_init_floor, inclusive=True)
+        # compiled now, so that the first forward (eager or under torch.compile) finds it
+        ops.prepare(ops.selective_scan_key(self.d_state))
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
@@ -53,10 +63,8 @@ class Mamba(nn.Module):
         with torch.no_grad():
             if dt_init == "constant":
                 nn.init.constant_(self.dt_proj.weight, std)
-            elif dt_init == "random":
-                nn.init.uniform_(self.dt_proj.weight, -std, std)
             else:
-                raise ValueError(f"dt_init: expected 'constant' or 'random', got {dt_init!r}")
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
             self.dt_proj.bias.copy_(initializers.mamba_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor))
         self.dt_proj.bias._no_reinit = True
 
@@ -72,7 +80,9 @@ class Mamba(nn.Module):
         batch, length, _ = hidden.shape
         xz = self.in_proj(hidden).transpose(1, 2)                       # (batch, 2·d_inner, len)
         x, z = xz.chunk(2, dim=1)
-        x = F.silu(self.conv1d(x)[..., :length])                        # causal: drop the right tail
+        if length > 0:                                                  # conv1d refuses empty sequences
+            x = self.conv1d(x)[..., :length]                            # causal: drop the right tail
+        x = F.silu(x)
         dt_low, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state],
                                    dim=-1)
         delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)      # bias goes to the scan
@@ -80,11 +90,19 @@ class Mamba(nn.Module):
         return dict(u=x, delta=delta, A=A, B=B.transpose(1, 2), C=C.transpose(1, 2), D=self.D.float(), z=z,
                     delta_bias=self.dt_proj.bias.float())
 
-    def forward(self, hidden):
-        if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
-            raise ValueError(f"hidden: expected (batch, len, {self.d_model}), got {tuple(hidden.shape)}")
-        from ..ops import selective_scan_fn
+    def forward(self, hidden, initial_state=None, return_last_state=False):
+        """hidden: (batch, len, d_model). initial_state: the SSM state before the first step,
+        (batch, d_inner, d_state) (zero if None; the convolution's window always starts from zero
+        padding). Returns (batch, len, d_model), and with return_last_state also the SSM state after
+        the last step (batch, d_inner, d_state)."""
+        check_layer_input("hidden", hidden, ("batch", "len", "d_model"), {"d_model": self.d_model})
+        if initial_state is not None:
+            check_layer_input("initial_state", initial_state, ("batch", "d_inner", "d_state"),
+                              {"batch": hidden.shape[0], "d_inner": self.d_inner, "d_state": self.d_state})
         s = self.ssm_inputs(hidden)
-        y = selective_scan_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], z=s["z"],
-                              delta_bias=s["delta_bias"], delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
+        out = ops.selective_scan_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], z=s["z"],
+                                    delta_bias=s["delta_bias"], delta_softplus=True, initial_state=initial_state,
+                                    return_last_state=return_last_state)
+        y, last = out if return_last_state else (out, None)
+        y = self.out_proj(y.transpose(1, 2))
+        return (y, last) if return_last_state else y

@@ -1,10 +1,13 @@
 """Backend choice: CUDA tensors -> Triton, CPU tensors -> generated C, and a generated PyTorch
 fallback where no C compiler exists. `SSMC_BACKEND=triton|c|torch` forces one (CI runs the Triton
-kernels on CPU tensors under TRITON_INTERPRET=1 this way)."""
+kernels on CPU tensors under TRITON_INTERPRET=1 this way).
+
+`CC` may carry arguments (`CC="ccache gcc"`, `CC="gcc -m64"`): it is split as a shell would split it."""
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
 
 from ..errors import SSMCError
@@ -12,11 +15,25 @@ from ..errors import SSMCError
 BACKENDS = ("triton", "c", "torch")
 
 
+def c_compiler() -> tuple | None:
+    """The C compiler's command as a tuple of words (the program's full path first), from `$CC`,
+    else the first of cc, gcc, clang on PATH; None if there is none."""
+    return _find_compiler(os.environ.get("CC", ""))
+
+
 @functools.lru_cache(maxsize=None)
-def c_compiler() -> str | None:
-    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
+def _find_compiler(cc: str) -> tuple | None:
+    candidates = [("cc",), ("gcc",), ("clang",)]
+    if cc.strip():
+        try:
+            candidates.insert(0, tuple(shlex.split(cc)))
+        except ValueError as exc:
+            raise SSMCError(f"CC={cc!r} cannot be split into words ({exc}); quote it as in a shell, "
+                            f"e.g. CC='ccache gcc'") from exc
+    for words in candidates:
+        found = shutil.which(words[0]) if words else None
+        if found:
+            return (found, *words[1:])
     return None
 
 

@@ -6,11 +6,12 @@ as (batch, groups, N, len) when they vary over time, and complex operands split 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import ShapeError, SpecError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -94,8 +95,8 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
             if x.dim() == 3:
                 x = x.unsqueeze(1)
             groups = x.shape[1]
-            if x.shape[0] != batch or x.shape[2] != state or x.shape[3] != length or dim % groups:
-                _fail(name, f"({batch}, groups, {state}, {length}) with groups dividing dim={dim}", x)
+            if x.shape[0] != batch or x.shape[2] != state or x.shape[3] != length or groups < 1 or dim % groups:
+                _fail(name, f"({batch}, groups, {state}, {length}) with groups dividing dim={dim} (groups >= 1)", x)
         else:
             x = _tensor(name, x, 2, f"({dim}, {state}) = (dim, N)")
             if tuple(x.shape) != (dim, state):
@@ -141,3 +142,69 @@ def normalize_initial_state(sig: ScanSignature, state, u, A):
     if state.device != u.device:
         raise ShapeError(f"initial_state: expected a tensor on {u.device} (the device of u), got {state.device}")
     return _pair(state, sig.complex, compute_dtype(u))
+
+
+# -- constructor arguments and inputs of the layers (ssmc.nn and generated `Layer`s) ---------------
+def check_int(name, value, minimum=1):
+    """A size argument: an integer (Python, numpy; not a bool) of at least `minimum`, as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise SpecError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_number(name, value, minimum=0, inclusive=False):
+    """A real number above `minimum` (or at least it, when `inclusive`)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+    if not ok or value < minimum or (value == minimum and not inclusive):
+        relation = ">=" if inclusive else ">"
+        raise SpecError(f"{name}: expected a number {relation} {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise SpecError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_dt_range(dt_min, dt_max):
+    """The range the step sizes are initialised in: 0 < dt_min <= dt_max."""
+    check_number("dt_min", dt_min)
+    check_number("dt_max", dt_max)
+    if dt_min > dt_max:
+        raise SpecError(f"dt_min, dt_max: expected dt_min <= dt_max, got dt_min={dt_min!r} > dt_max={dt_max!r}")
+
+
+def dt_rank_of(dt_rank, d_model):
+    """Mamba's rank of the dt projection: ceil(d_model / 16) for "auto", else a positive int."""
+    if dt_rank == "auto":
+        return -(-d_model // 16)
+    return check_int("dt_rank", dt_rank)
+
+
+def _layout_text(layout, sizes):
+    return "(" + ", ".join(f"{axis}={sizes[axis]}" if axis in sizes else axis for axis in layout) + ")"
+
+
+def check_layer_input(name, x, layout, sizes, real=True):
+    """A layer's input in the caller's layout: `layout` names the axes, e.g. ("batch", "len",
+    "d_model"), and `sizes` maps the axes whose size is fixed to it. Messages speak that layout,
+    never the (batch, dim, len) one of the kernels. `real=False` leaves the dtype to the op."""
+    expected = _layout_text(layout, sizes)
+    if not isinstance(x, torch.Tensor):
+        _fail(name, f"a tensor of shape {expected}", x)
+    if x.dim() != len(layout) or any(x.shape[layout.index(axis)] != size for axis, size in sizes.items()):
+        _fail(name, f"shape {expected}", x)
+    if real:
+        _real(name, x)
+    return x
+
+
+def check_layer_gate(z, gated, layout, sizes):
+    """The gate of a layer: required by a gated layer, refused by one without a gate."""
+    if gated and z is None:
+        raise ShapeError(f"z: this layer is gated, expected a tensor of shape {_layout_text(layout, sizes)}, got None")
+    if not gated and z is not None:
+        raise ShapeError("z: this layer has no gate, expected None")
+    if gated:
+        check_layer_input("z", z, layout, sizes)

@@ -1,27 +1,37 @@
 """Compiling generated C to shared libraries and loading them through ctypes.
 
     library = load_library("kernels_c.c")      # compiled once, cached on disk, loaded once per process
-    library = load_library("kernels_c.c", defines=("SSMC_FLOAT", "SSMC_FORWARD"))   # a part of it
+    library = load_library("kernels_c.c", defines=("SSMC_FLOAT", "SSMC_FORWARD"), symbols=("ssmc_scan_fwd_float",))
 
-The system compiler (`backend.c_compiler()`) builds with `-O3 -march=native -ffast-math -fopenmp`
-(OpenMP over batch x channel, glibc's vector math for `expf` & co. in `#pragma omp simd` loops); where
-OpenMP is missing the build retries with `-fopenmp-simd` (the simd pragmas still vectorise, the
-parallel ones are ignored), then with neither. `SSMC_CFLAGS` adds flags (split like a shell would).
-`defines` adds -D flags, so that one source can be built in parts (the generated kernels: one
-library per precision and direction, each compiled only when first needed).
+The system compiler (`backend.c_compiler()`, `$CC` with its arguments) builds with `-O3 -march=native
+-ffast-math -fopenmp` (OpenMP over batch x channel, glibc's vector math for `expf` & co. in
+`#pragma omp simd` loops); where OpenMP is missing the build retries with `-fopenmp-simd` (the simd
+pragmas still vectorise, the parallel ones are ignored), then with neither. `SSMC_CFLAGS` adds flags
+(split like a shell would). `defines` adds -D flags, so that one source can be built in parts (the
+generated kernels: one library per precision and direction, each compiled only when first needed).
 
-Cache: `$SSMC_CACHE_DIR/c/<hash>.so` (by default ~/.cache/ssmc/c), the hash covering the source
-text, the flags, the compiler (path and `--version`) and the host CPU (because of -march=native).
-The compiler writes a temporary file in the same directory that is then renamed into place, so two
-processes compiling the same kernel at once both succeed and nobody loads half a library.
+Cache (`<cache>/c/`, see `ssmc.runtime.cache`): the key hashes the source text, the flags, the
+compiler (command and `--version`) and the host CPU (because of -march=native). Nothing found there
+is trusted blindly, since a damaged library crashes the process that maps it:
+- `<name>-<key>.json`, the manifest, names the library `<name>-<key>-<sha256 prefix>.so` and holds its
+  full sha256 and size; a library is used only if it matches (else it is rebuilt).
+- A build compiles the source text the caller holds (written to a fresh temporary directory, never
+  a cached .c), checks the result (non-empty, loadable by ctypes, exports the `symbols` asked for),
+  then publishes the library (named by its content, so never replaced by something else) and the
+  manifest, each by an atomic rename. Two processes building the same key both succeed.
+- Temporaries (`.ssmc-tmp-*`) of killed builds are removed by a later build after ten minutes.
+- A build logs one line on the `ssmc.build` logger (see `ssmc.runtime.cache` to silence it);
+  `build_count()` says how many builds this process ran.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import tempfile
@@ -29,6 +39,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CompileError
+from . import cache
 from .backend import c_compiler
 
 BASE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-shared", "-fPIC")
@@ -36,29 +47,40 @@ OPENMP_FLAGS = ("-fopenmp",)
 # without OpenMP: keep the simd pragmas if the compiler knows -fopenmp-simd, else plain
 FALLBACK_FLAGS = (("-fopenmp-simd",), ())
 LIBS = ("-lm",)
+MANIFEST_LIMIT = 1 << 16
 
 _LOADED: dict = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_BUILDS = [0]
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SSMC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ssmc")
-    path = Path(root) / "c"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The directory of the C build cache (created and checked)."""
+    return cache.directory("c")
+
+
+def build_count() -> int:
+    """How many libraries this process compiled (not found in the cache): so that a caller can tell
+    a first call's build time from its run time."""
+    return _BUILDS[0]
 
 
 def extra_flags() -> tuple:
-    return tuple(shlex.split(os.environ.get("SSMC_CFLAGS", "")))
+    text = os.environ.get("SSMC_CFLAGS", "")
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:
+        raise CompileError(f"SSMC_CFLAGS={text!r} cannot be split into flags ({exc}); quote it as in a shell, "
+                           f"e.g. SSMC_CFLAGS='-DNAME=\"a b\" -O2'") from exc
 
 
 @functools.lru_cache(maxsize=None)
-def _compiler_identity(compiler: str) -> str:
+def _compiler_identity(compiler: tuple) -> str:
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    return f"{compiler}\n{version}"
+    return "\0".join(compiler) + f"\n{version}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,7 +99,7 @@ def _host_identity() -> str:
     return f"{platform.machine()}\n{platform.processor()}\n" + "\n".join(lines)
 
 
-def _key(source: str, compiler: str, flags: tuple) -> str:
+def _key(source: str, compiler: tuple, flags: tuple) -> str:
     digest = hashlib.sha256()
     for part in (source, "\0".join(flags), _compiler_identity(compiler), _host_identity()):
         digest.update(part.encode())
@@ -85,73 +107,144 @@ def _key(source: str, compiler: str, flags: tuple) -> str:
     return digest.hexdigest()[:24]
 
 
-def _run_compiler(compiler: str, source_path: Path, output: Path, flags: tuple):
-    command = [compiler, *flags, str(source_path), "-o", str(output), *LIBS]
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- the cache entry: manifest + library ----------------------------------------------------------
+
+def _cached(directory: Path, stem: str) -> Path | None:
+    """The library of `stem` if its manifest is sound and the file matches it, else None."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True)
+        with open(directory / f"{stem}.json", "rb") as f:
+            manifest = json.loads(f.read(MANIFEST_LIMIT))
+        library = directory / manifest["library"]
+        if not re.fullmatch(re.escape(stem) + r"-[0-9a-f]{16}\.so", manifest["library"]):
+            return None
+        if library.stat().st_size != manifest["size"] or _sha256(library) != manifest["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return library
+
+
+def _publish(directory: Path, stem: str, built: Path, work: Path, facts: dict) -> Path:
+    """Move the checked library `built` into the cache under its content's name, then its manifest."""
+    sha = _sha256(built)
+    library = directory / f"{stem}-{sha[:16]}.so"
+    os.chmod(built, cache.cache_mode(directory=True))          # executable bits as for a program
+    try:
+        present = library.stat().st_size == built.stat().st_size and _sha256(library) == sha
+    except OSError:
+        present = False
+    if not present:                # absent, or a damaged copy (which no manifest vouches for)
+        os.replace(built, library)
+    manifest = dict(facts, library=library.name, sha256=sha, size=library.stat().st_size)
+    staged = work / f"{stem}.json"
+    staged.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.chmod(staged, cache.cache_mode(directory=False))
+    os.replace(staged, directory / f"{stem}.json")
+    return library
+
+
+# ---- building --------------------------------------------------------------------------------------
+
+def _run_compiler(compiler: tuple, source_name: str, output: Path, flags: tuple, cwd: Path):
+    """Run the compiler in `cwd` on the file `source_name` there (a relative name: the object files
+    record it, and a fixed name keeps builds of one key byte-identical)."""
+    command = [*compiler, *flags, source_name, "-o", str(output), *LIBS]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
     except OSError as exc:
-        return command, f"could not run {compiler}: {exc}"
+        return command, f"could not run {compiler[0]}: {exc}"
     if result.returncode != 0:
         return command, (result.stderr or result.stdout or f"exit status {result.returncode}").strip()
     return command, None
 
 
-def compile_library(source: str, name: str = "kernels", defines: tuple = (), flags: tuple = ()) -> Path:
-    """Path of the shared library built from C `source` with -D`defines` and `flags` after the base
-    flags (say, another -O level; SSMC_CFLAGS still come last) (compiled unless cached)."""
+def _check_library(path: Path, symbols: tuple) -> str | None:
+    """Why the freshly built `path` is unusable, or None: it must be a non-empty library that ctypes
+    can load and that exports `symbols`."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return "the compiler reported success but wrote no library (empty or missing output)"
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as exc:
+        return f"the library it wrote cannot be loaded: {exc}"
+    missing = [name for name in symbols if not hasattr(library, name)]
+    if missing:
+        return f"the library it wrote lacks the symbols {', '.join(missing)}"
+    return None
+
+
+def _build(compiler: tuple, source: str, directory: Path, stem: str, attempts: list, symbols: tuple,
+           origin: str) -> Path:
+    errors = []
+    with tempfile.TemporaryDirectory(prefix=f"{cache.TEMP_PREFIX}{stem}-", dir=directory) as work:
+        work = Path(work)
+        (work / f"{stem}.c").write_text(source)
+        for number, flags in enumerate(attempts):
+            output = work / f"{stem}-{number}.so"
+            command, error = _run_compiler(compiler, f"{stem}.c", output, flags, work)
+            if error is None:
+                error = _check_library(output, symbols)
+            if error is None:
+                _BUILDS[0] += 1
+                facts = dict(source=origin, flags=list(flags), compiler=list(compiler), symbols=list(symbols))
+                return _publish(directory, stem, output, work, facts)
+            errors.append(f"$ {shlex.join(command)}\n{error}")
+    raise CompileError(f"the C compiler failed on {origin}:\n" + "\n\n".join(errors))
+
+
+def compile_library(source: str, name: str = "kernels", defines: tuple = (), flags: tuple = (),
+                    symbols: tuple = (), origin: str | None = None) -> Path:
+    """Path of the verified shared library built from C `source` with -D`defines` and `flags` after
+    the base flags (say, another -O level; SSMC_CFLAGS still come last), compiled unless cached.
+    `symbols`: functions the library must export; `origin`: where the source came from (messages)."""
     compiler = c_compiler()
     if compiler is None:
         raise CompileError("no C compiler found (tried $CC, cc, gcc, clang); use SSMC_BACKEND=torch")
-    directory = cache_dir()
     macros = tuple(f"-D{macro}" for macro in defines)
-    attempts = [BASE_FLAGS + parallel + tuple(flags) + macros + extra_flags()
-                for parallel in (OPENMP_FLAGS, *FALLBACK_FLAGS)]
+    extra = extra_flags()
+    attempts = [BASE_FLAGS + parallel + tuple(flags) + macros + extra for parallel in (OPENMP_FLAGS, *FALLBACK_FLAGS)]
     # the key is that of the preferred flags: a fallback build is stored under it too, so that a
     # machine without OpenMP does not retry the failing build on every load
-    key = _key(source, compiler, attempts[0])
-    target = directory / f"{name}-{key}.so"
-    if target.exists():
-        return target
-    source_path = directory / f"{name}-{key}.c"
-    if not source_path.exists():
-        fd, tmp_source = tempfile.mkstemp(prefix=f".{name}-", suffix=".c", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp_source, source_path)
-    errors = []
-    for attempt in attempts:
-        fd, tmp_output = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=directory)
-        os.close(fd)
-        command, error = _run_compiler(compiler, source_path, Path(tmp_output), attempt)
-        if error is None:
-            os.replace(tmp_output, target)
-            return target
-        try:
-            os.unlink(tmp_output)
-        except OSError:
-            pass
-        errors.append(f"$ {' '.join(command)}\n{error}")
-    raise CompileError(f"the C compiler failed on {source_path}:\n" + "\n\n".join(errors))
+    stem = f"{name}-{_key(source, compiler, attempts[0])}"
+    with _LOCK:
+        directory = cache_dir()
+        library = _cached(directory, stem)
+        if library is not None:
+            return library
+        cache.clean_orphans(directory)
+        part = " ".join(defines) or "all of it"
+        cache.announce("compiling C kernels from %s (%s) into %s/%s-*.so: a few seconds, once; later runs "
+                       "load the cached library", origin or name, part, directory, stem)
+        return _build(compiler, source, directory, stem, attempts, tuple(symbols), origin or f"{name}.c")
 
 
-def load_library(source_path, defines: tuple = (), flags: tuple = ()) -> ctypes.CDLL:
+def load_library(source_path, defines: tuple = (), flags: tuple = (), symbols: tuple = ()) -> ctypes.CDLL:
     """The compiled library of the C file at `source_path` (with -D`defines` and `flags`), loaded
-    once per process."""
+    once per process; it must export `symbols`."""
     source = Path(source_path).read_text()
     name = Path(source_path).stem
     with _LOCK:
-        path = compile_library(source, name, defines, flags)
+        path = compile_library(source, name, defines, flags, symbols, origin=str(source_path))
         library = _LOADED.get(path)
         if library is None:
             try:
                 library = ctypes.CDLL(str(path))
-            except OSError:
-                # a damaged cache entry (say, from a full disk): build it again, once
-                path.unlink(missing_ok=True)
-                path = compile_library(source, name, defines, flags)
-                library = ctypes.CDLL(str(path))
+            except OSError as exc:
+                raise CompileError(f"the verified library {path} (built from {source_path}) cannot be loaded: "
+                                   f"{exc}") from exc
             _LOADED[path] = library
-        return library
+    missing = [symbol for symbol in symbols if not hasattr(library, symbol)]
+    if missing:
+        raise CompileError(f"the library {path} built from {source_path} lacks {', '.join(missing)}")
+    return library
 
 
-__all__ = ["compile_library", "load_library", "cache_dir", "CompileError"]
+__all__ = ["compile_library", "load_library", "cache_dir", "build_count", "CompileError"]

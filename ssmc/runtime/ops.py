@@ -44,6 +44,34 @@ def _or_none(x: Tensor) -> Optional[Tensor]:
     return None if x.numel() == 0 and x.shape == _EMPTY else x
 
 
+def _empty_scan_fwd(u, A_re, h0_re, h0_im, chunk, complex_state):
+    """The scan of an empty input (no batch, channel or step): nothing to compute, and kernels are
+    not asked to launch zero-sized grids. With no steps the last state is the initial one."""
+    batch, dim, length = u.shape
+    state_shape = (batch, dim, A_re.shape[1])
+    out = A_re.new_empty(batch, dim, length)
+    state_re = h0_re.clone() if h0_re is not None else A_re.new_zeros(state_shape)
+    state_im = (h0_im.clone() if h0_im is not None else A_re.new_zeros(state_shape)) if complex_state else None
+    n_chunks = -(-length // chunk) if chunk > 0 else 0
+    ckpt = A_re.new_empty(batch, dim, n_chunks, A_re.shape[1]) if chunk > 0 else None
+    return out, state_re, state_im, ckpt, ckpt.new_empty(ckpt.shape) if ckpt is not None and complex_state else None
+
+
+def _empty_scan_bwd(grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z,
+                    complex_state):
+    """Gradients of an empty scan: every operand's is zero (sums over nothing), except the initial
+    state's, which is the last state's gradient (they are the same state when there are no steps)."""
+    like = (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z)
+    grads = [A_re.new_zeros(x.shape) if x is not None else None for x in like]
+    batch, dim, _ = u.shape
+    state_shape = (batch, dim, A_re.shape[1])
+    grad_h0_re = grad_state_re.to(A_re.dtype).clone() if grad_state_re is not None else A_re.new_zeros(state_shape)
+    grad_h0_im = None
+    if complex_state:
+        grad_h0_im = grad_state_im.to(A_re.dtype).clone() if grad_state_im is not None else A_re.new_zeros(state_shape)
+    return grads + [grad_h0_re, grad_h0_im]
+
+
 class ScanOps:
     """The custom ops of one package's fused scan (and Vandermonde kernel, for conv schedules)."""
 
@@ -63,9 +91,13 @@ class ScanOps:
                      B_re: Tensor, B_im: Optional[Tensor], C_re: Tensor, C_im: Optional[Tensor],
                      D: Optional[Tensor], z: Optional[Tensor], h0_re: Optional[Tensor], h0_im: Optional[Tensor],
                      chunk: int) -> List[Tensor]:
-            backend = kernels.for_device(u.device)
-            out, state_re, state_im, ckpt_re, ckpt_im = backend.scan_fwd(
-                u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im, chunk)
+            if u.numel() == 0:
+                out, state_re, state_im, ckpt_re, ckpt_im = _empty_scan_fwd(u, A_re, h0_re, h0_im, chunk,
+                                                                            complex_state)
+            else:
+                backend = kernels.for_device(u.device)
+                out, state_re, state_im, ckpt_re, ckpt_im = backend.scan_fwd(
+                    u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im, chunk)
             outputs = [out, state_re, _or_empty(state_im, out), _or_empty(ckpt_re, out), _or_empty(ckpt_im, out)]
             return _fresh(outputs, (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im))
 
@@ -86,9 +118,13 @@ class ScanOps:
                      B_re: Tensor, B_im: Optional[Tensor], C_re: Tensor, C_im: Optional[Tensor],
                      D: Optional[Tensor], z: Optional[Tensor], ckpt_re: Tensor, ckpt_im: Optional[Tensor],
                      chunk: int) -> List[Tensor]:
-            backend = kernels.for_device(u.device)
-            grads = backend.scan_bwd(grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im,
-                                     B_re, B_im, C_re, C_im, D, z, ckpt_re, ckpt_im, chunk)
+            if u.numel() == 0:
+                grads = _empty_scan_bwd(grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im,
+                                        C_re, C_im, D, z, complex_state)
+            else:
+                backend = kernels.for_device(u.device)
+                grads = backend.scan_bwd(grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im,
+                                         B_re, B_im, C_re, C_im, D, z, ckpt_re, ckpt_im, chunk)
             inputs = (grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re,
                       C_im, D, z, ckpt_re, ckpt_im)
             return _fresh([_or_empty(g, grad_out) for g in grads], inputs)
@@ -114,7 +150,7 @@ class ScanOps:
             ckpt_re, ckpt_im = saved[-2], saved[-1]
             it = iter(saved[:-2])
             operands = dict(zip(SCAN_INPUTS, [next(it) if present else None for present in ctx.present]))
-            if ctx.chunk <= 0 or ckpt_re.numel() == 0:
+            if ctx.chunk <= 0:
                 raise RuntimeError("ssmc scan: backward without checkpoints (the forward ran with chunk=0)")
             if grad_out is None:
                 grad_out = torch.zeros_like(operands["A_re"].new_empty(operands["u"].shape))
@@ -146,6 +182,8 @@ class ScanOps:
         @torch.library.custom_op(f"{prefix}_vandermonde", mutates_args=())
         def vandermonde(log_decay_re: Tensor, log_decay_im: Tensor, coeff_re: Tensor, coeff_im: Tensor,
                         length: int) -> Tensor:
+            if log_decay_re.shape[0] == 0 or length == 0:
+                return log_decay_re.new_zeros(log_decay_re.shape[0], length)
             return kernels.for_device(log_decay_re.device).vandermonde(log_decay_re, log_decay_im, coeff_re,
                                                                        coeff_im, length)
 
@@ -156,6 +194,8 @@ class ScanOps:
         @torch.library.custom_op(f"{prefix}_vandermonde_bwd", mutates_args=())
         def vandermonde_bwd(grad_kernel: Tensor, log_decay_re: Tensor, log_decay_im: Tensor, coeff_re: Tensor,
                             coeff_im: Tensor) -> List[Tensor]:
+            if grad_kernel.numel() == 0:
+                return [x.new_zeros(x.shape) for x in (log_decay_re, log_decay_im, coeff_re, coeff_im)]
             backend = kernels.for_device(grad_kernel.device)
             grads = backend.vandermonde_bwd(grad_kernel.contiguous(), log_decay_re, log_decay_im, coeff_re, coeff_im)
             return _fresh(list(grads), (grad_kernel, log_decay_re, log_decay_im, coeff_re, coeff_im))
