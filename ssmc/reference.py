@@ -11,10 +11,12 @@ import torch.nn.functional as F
 
 DISCRETIZATIONS = {
     # name: (decay(dt, A), input_scale(dt, A))
-    "zoh": (lambda dt, A: torch.exp(dt * A), lambda dt, A: (torch.exp(dt * A) - 1) / A),
+    # expm1: exp(x) - 1 cancels for small x even in float64 (1e-10 relative at dt·A = 1e-6)
+    "zoh": (lambda dt, A: torch.exp(dt * A), lambda dt, A: torch.expm1(dt * A) / A),
     "bilinear": (lambda dt, A: (1 + dt * A / 2) / (1 - dt * A / 2), lambda dt, A: dt / (1 - dt * A / 2)),
-    "euler": (lambda dt, A: 1 + dt * A, lambda dt, A: dt + 0 * A),
-    "mamba": (lambda dt, A: torch.exp(dt * A), lambda dt, A: dt + 0 * A),
+    # B_bar = dt·B: no `+ 0·A` term, which would turn a NaN in A into a NaN input
+    "euler": (lambda dt, A: 1 + dt * A, lambda dt, A: dt),
+    "mamba": (lambda dt, A: torch.exp(dt * A), lambda dt, A: dt),
 }
 
 
