@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import ScheduleError
 from ..spec import SSM
 from .build import build_graph
 from .graph import Graph
@@ -16,7 +17,7 @@ from .passes.discretize import lower_discretization
 from .passes.fuse import fuse
 from .passes.schedule import choose_schedule
 from .passes.shapes import infer_shapes
-from .schedule import Schedule
+from .schedule import SCHEDULES, Schedule
 
 PIPELINE = (
     ("infer_shapes", infer_shapes),
@@ -30,7 +31,7 @@ PIPELINE = (
 
 @dataclass
 class PassContext:
-    request: str = "auto"                 # the user's schedule override: auto | scan | conv
+    request: str = "auto"                 # the user's schedule request (a compile option): auto | scan | conv
     schedule: Schedule = field(default_factory=Schedule)
     trace: list = field(default_factory=list)   # (pass name, IR text) after each pass
 
@@ -47,8 +48,20 @@ class Lowered:
         return "\n\n".join(parts + ["== schedule ==\n" + self.schedule.dump()])
 
 
-def lower(spec: SSM, schedule: str | None = None, record: bool = True) -> Lowered:
-    ctx = PassContext(request=schedule or spec.schedule)
+def check_schedule(schedule) -> str:
+    """The schedule request, or a ScheduleError naming the option and the choices. Checked before
+    any pass runs, so that a misspelt request never falls through to the cost model's choice."""
+    if not (isinstance(schedule, str) and schedule in SCHEDULES):
+        raise ScheduleError(f"schedule must be one of {', '.join(repr(s) for s in SCHEDULES)} (auto: the cost "
+                            f"model chooses per call), got {schedule!r}")
+    return schedule
+
+
+def lower(spec: SSM, schedule: str = "auto", record: bool = True) -> Lowered:
+    """The IR of `spec` after every pass, scheduled as `schedule` asks ("scan", "conv", or "auto":
+    the cost model chooses). An algorithm whose precondition the spec breaks (conv on a selective
+    layer) raises ScheduleError from the pass that would apply it."""
+    ctx = PassContext(request=check_schedule(schedule))
     graph = build_graph(spec)
     previous = graph.dump_sections()
     if record:

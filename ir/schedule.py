@@ -9,6 +9,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+# What a user may ask `lower` (ssmc.compile, ssmc compile --schedule) for: a compile option, never
+# part of the spec. "auto" leaves the choice to the cost model (per call, where it depends on shape).
+SCHEDULES = ("auto", "scan", "conv")
+
 
 @dataclass(frozen=True)
 class Decision:

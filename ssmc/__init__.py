@@ -16,10 +16,12 @@ _SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "ZOH", "Bilinear", "Euler", 
 _SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "formula", "cli")
 
 
-def compile(spec):
-    """The nn.Module class of `spec`: (batch, len, channels) in and out."""
+def compile(spec, schedule="auto"):
+    """The nn.Module class of `spec`: (batch, len, channels) in and out. `schedule` is how it is
+    computed, not what it is (so not a spec field): "scan", "conv" (time-invariant specs only), or
+    "auto", the cost model choosing per call."""
     from .compiler import compile as _compile
-    return _compile(spec)
+    return _compile(spec, schedule)
 
 
 def __getattr__(name):

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import runpy
 import sys
 import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import SSMCError
+from .errors import ScheduleError, SSMCError
+from .ir.schedule import SCHEDULES
 from .spec import SSM
 
+SCHEDULE_HELP = "scan, conv, or auto: the cost model chooses per call (default: auto)"
 SHAPE_ALIASES = {"batch": "batch", "b": "batch", "len": "len", "l": "len", "length": "len",
                  "dim": "dim", "d": "dim", "h": "dim", "channels": "dim", "state": "state", "n": "state"}
 
@@ -79,6 +82,16 @@ def parse_shape(text: str) -> dict:
     return shape
 
 
+@contextlib.contextmanager
+def _naming(variable: str, name: str):
+    """A ScheduleError (say, --schedule conv on a selective spec) names the spec it is about: a spec
+    file may hold several."""
+    try:
+        yield
+    except ScheduleError as error:
+        raise ScheduleError(f"{variable} (spec '{name}'): {error}") from error
+
+
 def cmd_compile(args) -> int:
     """Write OUT/<spec name>/ per spec. Everything is checked (unique names, replaceable targets)
     and rendered before anything is written, so a refusal leaves OUT as it was."""
@@ -95,9 +108,12 @@ def cmd_compile(args) -> int:
                             f"same name {name!r}, and each would be written to {out / name}; rename one (nothing "
                             f"was written)")
         check_output(out / name, force=args.force)
-    rendered = {name: render_files(entries[0][1], args.schedule) for name, entries in by_name.items()}
+    rendered = {}
     for name, entries in by_name.items():
-        directory = write_package(entries[0][1], out / name, force=args.force, files=rendered[name])
+        with _naming(entries[0][0], name):
+            rendered[name] = render_files(entries[0][1], args.schedule)
+    for name, entries in by_name.items():
+        directory = write_package(entries[0][1], out / name, args.schedule, force=args.force, files=rendered[name])
         files = ", ".join(sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")))
         variables = " = ".join(variable for variable, _ in entries)
         print(f"{variables}: spec '{name}' -> {directory}/ ({files})")
@@ -110,8 +126,9 @@ def cmd_explain(args) -> int:
     from .ir.pass_manager import lower
     shape = parse_shape(args.shape or "")
     for variable, spec in load_specs(args.spec).items():
-        lowered = lower(spec, args.schedule)
-        print(f"#### {variable}: spec '{spec.name}' ({spec.content_hash()})\n")
+        with _naming(variable, spec.name):
+            lowered = lower(spec, args.schedule)
+        print(f"#### {variable}: spec '{spec.name}' ({spec.content_hash()}), schedule {args.schedule}\n")
         print(lowered.dump())
         bound = {"batch": 1, "len": 1024, "dim": 1, "state": spec.d_state}
         bound.update(shape)
@@ -136,8 +153,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("compile", help="write an importable package per spec in SPEC.py")
     p.add_argument("spec", metavar="SPEC.py")
     p.add_argument("-o", "--output", default="build", help="output directory (default: build)")
-    p.add_argument("--schedule", choices=("auto", "scan", "conv"), default=None,
-                   help="override the specs' schedule")
+    p.add_argument("--schedule", choices=SCHEDULES, default="auto", help=SCHEDULE_HELP)
     p.add_argument("--force", action="store_true",
                    help="replace OUT/<name> even if ssmc did not write it (never a symbolic link)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
@@ -145,7 +161,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("explain", help="print the IR after each pass and the schedule decisions")
     p.add_argument("spec", metavar="SPEC.py")
     p.add_argument("--shape", default="", help="e.g. batch=2,len=4096,dim=1536 (names: batch, len, dim, state)")
-    p.add_argument("--schedule", choices=("auto", "scan", "conv"), default=None)
+    p.add_argument("--schedule", choices=SCHEDULES, default="auto", help=SCHEDULE_HELP)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     p.set_defaults(run=cmd_explain)
     args = parser.parse_args(argv)

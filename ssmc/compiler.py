@@ -1,10 +1,12 @@
 """The compile pipeline: spec -> lowered IR -> rendered package on disk -> imported module.
 
-`compile(spec)` caches by content hash, in process and on disk (`ssmc.runtime.cache`: by default
-~/.cache/ssmc/packages/<spec name>_<spec hash>_<compiler hash>/).
+`compile(spec, schedule)` caches by content hash and schedule, in process and on disk
+(`ssmc.runtime.cache`: by default ~/.cache/ssmc/packages/<spec name>_<spec hash>_<schedule>_<compiler
+hash>/). The schedule is a compile option, not part of the spec: one spec compiled under two
+schedules is two packages, so the schedule is part of the key.
 
 Every package ssmc writes holds a marker, `.ssmc-package` (JSON: ssmc version, spec name and hash,
-compiler fingerprint, and the sha256 of every file). It is what makes a directory ssmc's own:
+schedule, compiler fingerprint, and the sha256 of every file). It is what makes a directory ssmc's own:
 - In the cache, the package is written into a staging directory beside its final name, marker
   last, and published by one rename: an entry whose marker matches its files is complete. Entries
   are immutable (a process may be importing one at any time): never replaced, never removed. An
@@ -37,7 +39,7 @@ from pathlib import Path
 from . import __version__
 from .backends.package import render_package
 from .errors import SpecError, SSMCError
-from .ir.pass_manager import lower
+from .ir.pass_manager import check_schedule, lower
 from .runtime import cache
 from .spec import SSM
 
@@ -68,12 +70,13 @@ def compiler_fingerprint() -> str:
     return digest.hexdigest()[:8]
 
 
-def package_key(spec: SSM) -> str:
-    return f"{spec.name}_{spec.content_hash()}_{compiler_fingerprint()}"
+def package_key(spec: SSM, schedule: str = "auto") -> str:
+    """The cache name of the package of `spec` under `schedule` (checked: it becomes a path)."""
+    return f"{spec.name}_{spec.content_hash()}_{check_schedule(schedule)}_{compiler_fingerprint()}"
 
 
-def render_files(spec: SSM, schedule: str | None = None) -> dict:
-    """{file name: text} of the package of `spec` (nothing written)."""
+def render_files(spec: SSM, schedule: str = "auto") -> dict:
+    """{file name: text} of the package of `spec` under `schedule` (nothing written)."""
     return render_package(lower(spec, schedule))
 
 
@@ -88,9 +91,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _marker_text(spec: SSM, files: dict) -> str:
+def _marker_text(spec: SSM, schedule: str, files: dict) -> str:
     marker = {"format": 1, "ssmc": __version__, "spec": spec.name, "spec_hash": spec.content_hash(),
-              "compiler": compiler_fingerprint(),
+              "schedule": schedule, "compiler": compiler_fingerprint(),
               "files": {name: _sha256(text.encode()) for name, text in sorted(files.items())}}
     return json.dumps(marker, indent=1, sort_keys=True) + "\n"
 
@@ -130,10 +133,11 @@ def _changed_files(directory: Path, marker: dict, missing_counts: bool) -> list:
     return changed
 
 
-def _sound_entry(directory: Path, spec: SSM) -> bool:
-    """A complete, unaltered cache entry of `spec` by this compiler."""
+def _sound_entry(directory: Path, spec: SSM, schedule: str) -> bool:
+    """A complete, unaltered cache entry of `spec` under `schedule` by this compiler."""
     marker = read_marker(directory)
     return (marker is not None and marker.get("spec_hash") == spec.content_hash()
+            and marker.get("schedule") == schedule
             and marker.get("compiler") == compiler_fingerprint()
             and not _changed_files(directory, marker, missing_counts=True))
 
@@ -197,11 +201,12 @@ def check_output(directory: Path, force: bool = False) -> bool:
     return True
 
 
-def write_package(spec: SSM, directory: Path, schedule: str | None = None, force: bool = False,
+def write_package(spec: SSM, directory: Path, schedule: str = "auto", force: bool = False,
                   files: dict | None = None) -> Path:
-    """Write the package of `spec` (or the rendered `files`) to `directory`, replacing a previous
-    package only as `check_output` allows. Returns `directory`."""
+    """Write the package of `spec` under `schedule` (or the `files` rendered from them) to `directory`,
+    replacing a previous package only as `check_output` allows. Returns `directory`."""
     directory = Path(directory)
+    check_schedule(schedule)
     replace = check_output(directory, force)
     files = render_files(spec, schedule) if files is None else files
     parent = directory.parent
@@ -209,7 +214,7 @@ def write_package(spec: SSM, directory: Path, schedule: str | None = None, force
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SSMCError(f"output directory {parent}: cannot create it: {exc.strerror or exc}") from exc
-    staging = _stage(parent, directory.name, files, _marker_text(spec, files), cache.output_mode)
+    staging = _stage(parent, directory.name, files, _marker_text(spec, schedule, files), cache.output_mode)
     (_swap_in if replace else _move_in)(staging, directory)
     return directory
 
@@ -250,20 +255,21 @@ def _swap_in(staging: Path, directory: Path):
 
 # ---- the cache --------------------------------------------------------------------------------------
 
-def _cache_entry(spec: SSM, key: str) -> Path:
-    """The directory of the sound cache entry of `spec`, published first if there is none."""
+def _cache_entry(spec: SSM, key: str, schedule: str = "auto") -> Path:
+    """The directory of the sound cache entry of `spec` under `schedule` (whose name is `key`),
+    published first if there is none."""
     packages = cache.directory("packages")
     candidates = [packages / key] + [packages / f"{key}.{number}" for number in range(1, SPARE_NAMES + 1)]
     for directory in candidates:
-        if _sound_entry(directory, spec):
+        if _sound_entry(directory, spec, schedule):
             return directory
     cache.clean_orphans(packages)
-    cache.announce("generating the package of spec '%s' in %s: a few seconds, once; later runs import it",
-                   spec.name, candidates[0])
-    files = render_files(spec)
-    marker = _marker_text(spec, files)
+    cache.announce("generating the package of spec '%s' (schedule %s) in %s: a few seconds, once; later runs "
+                   "import it", spec.name, schedule, candidates[0])
+    files = render_files(spec, schedule)
+    marker = _marker_text(spec, schedule, files)
     for directory in candidates:
-        if os.path.lexists(directory) and not _sound_entry(directory, spec):
+        if os.path.lexists(directory) and not _sound_entry(directory, spec, schedule):
             continue                        # damaged or foreign: never touched, the next name is used
         staging = _stage(packages, key, files, marker, cache.cache_mode)
         try:
@@ -273,7 +279,7 @@ def _cache_entry(spec: SSM, key: str) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise SSMCError(f"could not publish the package {directory}: {exc.strerror or exc}") from exc
-        if _sound_entry(directory, spec):   # another process published it first
+        if _sound_entry(directory, spec, schedule):   # another process published it first
             return directory
     raise SSMCError(f"the cache entries {candidates[0]} and {candidates[0]}.1 to .{SPARE_NAMES} are all damaged "
                     f"or foreign; remove them")
@@ -299,20 +305,22 @@ def import_package(directory: Path, module_name: str):
         return module
 
 
-def compile_package(spec: SSM):
-    """The imported generated package of `spec` (its `apply`, `Layer`, kernels)."""
+def compile_package(spec: SSM, schedule: str = "auto"):
+    """The imported generated package of `spec` (its `apply`, `Layer`, kernels). `schedule`: "scan",
+    "conv" (time-invariant layers only: ScheduleError otherwise), or "auto" (the cost model chooses
+    per call); a compile option, not part of the spec, so it is part of the cache key."""
     if not isinstance(spec, SSM):
         raise SpecError(f"compile expects an ssmc.SSM spec, got {type(spec).__name__}")
-    key = package_key(spec)
+    key = package_key(spec, schedule)
     module = _IMPORTED.get(key)
     if module is None:
         with _lock(key):
             module = _IMPORTED.get(key)
             if module is None:
-                module = _IMPORTED[key] = import_package(_cache_entry(spec, key), f"ssmc_gen_{key}")
+                module = _IMPORTED[key] = import_package(_cache_entry(spec, key, schedule), f"ssmc_gen_{key}")
     return module
 
 
-def compile(spec: SSM):
-    """The nn.Module class of `spec` (on (batch, len, channels) inputs)."""
-    return compile_package(spec).Layer
+def compile(spec: SSM, schedule: str = "auto"):
+    """The nn.Module class of `spec` (on (batch, len, channels) inputs), computed by `schedule`."""
+    return compile_package(spec, schedule).Layer

@@ -18,16 +18,17 @@ _PACKAGES = {}
 _LOCK = threading.Lock()
 
 
-def _spec_of(key: tuple) -> SSM:
-    """The spec a call signature stands for (the key holds Python constants only)."""
+def _spec_of(key: tuple) -> tuple:
+    """(spec, schedule) a call signature stands for (the key holds Python constants only). The
+    schedule is a compile option beside the spec; a selective spec has only the scan ("auto")."""
     if key[0] == "selective_scan":
         _, n_state, is_complex, selective, has_D, has_z, softplus, has_bias = key
         return SSM(name="selective_scan", d_state=n_state, A=Diagonal(real=not is_complex),
                    discretization=MambaZOH(), selective=selective, skip_D=has_D, gate=has_z,
-                   dt_softplus=softplus, dt_bias=has_bias, schedule="scan")
+                   dt_softplus=softplus, dt_bias=has_bias), "auto"
     _, n_state, is_complex, discretization, has_D, schedule = key
     return SSM(name="lti_ssm", d_state=n_state, A=Diagonal(real=not is_complex),
-               discretization=discretization_from_name(discretization), skip_D=has_D, schedule=schedule)
+               discretization=discretization_from_name(discretization), skip_D=has_D), schedule
 
 
 @torch.compiler.assume_constant_result
@@ -42,7 +43,7 @@ def _compiled(key: tuple) -> tuple:
         with _LOCK:
             if key not in _PACKAGES:
                 from .compiler import compile_package
-                _PACKAGES[key] = compile_package(_spec_of(key))
+                _PACKAGES[key] = compile_package(*_spec_of(key))
     return key
 
 

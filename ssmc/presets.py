@@ -40,16 +40,16 @@ def mamba(d_state: int = 16, name: str = "mamba", groups: int = 1, gate: bool = 
 
 
 @preset
-def s4d(d_state: int = 64, name: str = "s4d", schedule: str = "auto") -> SSM:
+def s4d(d_state: int = 64, name: str = "s4d") -> SSM:
     """S4D (Gu et al. 2022): complex diagonal A, ZOH, time-invariant; `d_state` counts both members
     of each conjugate pair, so the spec's state holds d_state // 2 complex numbers."""
     return SSM(name=name, d_state=conjugate_pairs(d_state), A=Diagonal(real=False), discretization=ZOH(),
-               skip_D=True, schedule=schedule)
+               skip_D=True)
 
 
 @preset
-def dss(d_state: int = 64, name: str = "dss", schedule: str = "auto") -> SSM:
+def dss(d_state: int = 64, name: str = "dss") -> SSM:
     """DSS (Gupta et al. 2022): complex diagonal A, ZOH discretization, time-invariant. DSS's
     softmax normalisation of the kernel is a parameterisation of C, done in the module."""
     return SSM(name=name, d_state=conjugate_pairs(d_state), A=Diagonal(real=False), discretization=ZOH(),
-               skip_D=True, schedule=schedule)
+               skip_D=True)

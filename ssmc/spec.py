@@ -21,8 +21,14 @@ from . import formula
 from .errors import SpecError
 
 SELECTIVE_QUANTITIES = ("dt", "B", "C")
-SCHEDULES = ("auto", "scan", "conv")
 MAX_NAME_LENGTH = 64        # the name goes into package and cache directory names
+
+# Arguments that used to be fields and moved out of the spec: name -> where they went. A user (or an
+# old spec file) passing one gets told where it is now, not just "unknown field".
+MOVED_FIELDS = {
+    "schedule": "schedule is a compile option, not part of the layer: use ssmc.compile(spec, schedule=...) "
+                "/ ssmc compile --schedule",
+}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -63,6 +69,8 @@ def _check_arguments(owner: str, names: list, required: list, args: tuple, kwarg
         raise SpecError(f"{owner} takes at most {len(names)} positional argument(s) ({', '.join(names) or 'none'}), "
                         f"got {len(args)}")
     for key in kwargs:
+        if key not in names and key in MOVED_FIELDS:
+            raise SpecError(f"{owner}: {MOVED_FIELDS[key]}")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -229,7 +237,6 @@ class SSM:
     dt_softplus: bool = False
     dt_bias: bool = False
     groups: int = 1
-    schedule: str = "auto"
 
     def __post_init__(self):
         _require(isinstance(self.name, str) and self.name.isascii() and self.name.isidentifier()
@@ -266,10 +273,6 @@ class SSM:
         _require(_is_positive_int(self.groups), f"groups must be a positive int, got {self.groups!r}")
         _require(self.groups == 1 or ("B" in self.selective or "C" in self.selective),
                  f"groups={self.groups} only applies to input-dependent B or C; expected groups=1 for this spec")
-        _require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        _require(not (self.schedule == "conv" and self.selective),
-                 f"schedule='conv' needs a time-invariant layer, but selective={self.selective!r}; "
-                 f"expected schedule='scan' or 'auto'")
         if isinstance(self.discretization, Custom):
             # only the whole spec knows A's kind: I on a real A, complex parts and their derivatives
             for name, expr in zip(("decay", "input_scale"), self.discretization.formulas()):
@@ -300,7 +303,7 @@ class SSM:
                                "decay": sympy.srepr(decay), "input_scale": sympy.srepr(scale)},
             "selective": list(self.selective), "heads": type(self.heads).__name__,
             "skip_D": self.skip_D, "gate": self.gate, "dt_softplus": self.dt_softplus,
-            "dt_bias": self.dt_bias, "groups": self.groups, "schedule": self.schedule,
+            "dt_bias": self.dt_bias, "groups": self.groups,
         }
 
     def content_hash(self) -> str:

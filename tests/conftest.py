@@ -66,19 +66,20 @@ def scan_inputs(batch=2, dim=6, length=33, n_state=8, groups=1, complex_state=Fa
                 delta_bias=0.1 * randn(dim))
 
 
-# Specs whose gradients every backend's backward tests check: name -> (spec, selective, groups)
+# Specs whose gradients every backend's backward tests check: name -> (spec, schedule to compile it
+# with, selective, groups). The time-invariant ones are compiled with "scan", so that these tests
+# check the scan's backward (the convolution's has tests of its own).
 GRADIENT_SPECS = {
-    "mamba_groups": (ssmc.presets.mamba(d_state=3, groups=2), ("dt", "B", "C"), 2),
+    "mamba_groups": (ssmc.presets.mamba(d_state=3, groups=2), "auto", ("dt", "B", "C"), 2),
     "complex_selective": (ssmc.SSM("cx", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
                                    selective=("dt", "B", "C"), dt_softplus=True, dt_bias=True, gate=True),
-                          ("dt", "B", "C"), 1),
-    "lti_complex_bilinear": (ssmc.SSM("lb", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear(),
-                                      schedule="scan"), (), 1),
-    "lti_complex_zoh": (ssmc.SSM("lz", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="scan"),
-                        (), 1),
-    "lti_real_zoh_bias": (ssmc.SSM("lr", 3, discretization=ssmc.ZOH(), schedule="scan", dt_bias=True,
-                                   dt_softplus=True), (), 1),
-    "lti_real_bilinear": (ssmc.SSM("lrb", 3, discretization=ssmc.Bilinear(), schedule="scan"), (), 1),
+                          "auto", ("dt", "B", "C"), 1),
+    "lti_complex_bilinear": (ssmc.SSM("lb", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear()),
+                             "scan", (), 1),
+    "lti_complex_zoh": (ssmc.SSM("lz", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH()), "scan", (), 1),
+    "lti_real_zoh_bias": (ssmc.SSM("lr", 3, discretization=ssmc.ZOH(), dt_bias=True, dt_softplus=True),
+                          "scan", (), 1),
+    "lti_real_bilinear": (ssmc.SSM("lrb", 3, discretization=ssmc.Bilinear()), "scan", (), 1),
     "custom_only_B": (ssmc.SSM("cb", 2, discretization=ssmc.Custom(decay="1/(1 - dt*A)", input_scale="dt/(1 - dt*A)"),
-                               selective=("B",), skip_D=False), ("B",), 1),
+                               selective=("B",), skip_D=False), "auto", ("B",), 1),
 }

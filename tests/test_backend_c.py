@@ -30,16 +30,17 @@ pytestmark = pytest.mark.skipif(c_compiler() is None and not os.environ.get("CI"
 TOL = 1e-4
 
 
-def _run(spec, inputs, backend, **extra):
+def _run(spec, inputs, backend, schedule="auto", **extra):
     backend("c")
     kwargs = {k: inputs[k] for k in ("D", "z", "delta_bias")
               if {"D": spec.skip_D, "z": spec.gate, "delta_bias": spec.dt_bias}[k]}
     kwargs.update(extra)
-    return compile_package(spec).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], **kwargs)
+    return compile_package(spec, schedule).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                                 **kwargs)
 
 
-def _check(spec, inputs, backend, discretization="mamba", tol=TOL):
-    y, state = _run(spec, inputs, backend, return_last_state=True)
+def _check(spec, inputs, backend, discretization="mamba", tol=TOL, schedule="auto"):
+    y, state = _run(spec, inputs, backend, schedule, return_last_state=True)
     kwargs = {k: inputs[k] for k in ("D", "z", "delta_bias")
               if {"D": spec.skip_D, "z": spec.gate, "delta_bias": spec.dt_bias}[k]}
     y_ref, state_ref = selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
@@ -100,12 +101,11 @@ def test_lti_scan_and_conv(backend, disc, complex_state):
     inputs = scan_inputs(batch=2, dim=5, length=90, n_state=5, complex_state=complex_state, selective=())
     ref = selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
                              D=inputs["D"], discretization=disc)
+    spec = ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls())
     for schedule in ("scan", "conv"):
-        spec = ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls(), schedule=schedule)
-        y = _run(spec, inputs, backend)
+        y = _run(spec, inputs, backend, schedule)
         assert rel_error(y, ref) < TOL, schedule
-    spec = ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls(), schedule="scan")
-    _check(spec, inputs, backend, discretization=disc)
+    _check(spec, inputs, backend, discretization=disc, schedule="scan")
 
 
 def test_custom_discretization(backend):
@@ -138,8 +138,8 @@ def test_non_contiguous_inputs(backend):
 
 
 def test_vandermonde_matches_torch_backend(backend):
-    spec = ssmc.SSM("s4d", 6, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="conv")
-    package = compile_package(spec)
+    spec = ssmc.SSM("s4d", 6, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH())
+    package = compile_package(spec, "conv")
     gen = torch.Generator().manual_seed(1)
     dim, n_state, length = 7, 6, 1500
     log_decay = torch.complex(-0.05 * torch.rand(dim, n_state, generator=gen),
@@ -177,9 +177,9 @@ def test_generated_source(backend):
 def test_inner_loops_call_vector_math(backend):
     """dt's softplus and the Vandermonde loop call libmvec's vector variants (_ZGV...), and the
     recurrence's exp is inlined (no scalar expf call per element)."""
-    for spec, wanted in ((ssmc.presets.mamba(d_state=16, gate=False), ("expf", "log1pf")),
-                         (ssmc.SSM("v", 4, A=ssmc.Diagonal(real=False), schedule="conv"), ("expf", "sinf", "cosf"))):
-        package = compile_package(spec)
+    for spec, schedule, wanted in ((ssmc.presets.mamba(d_state=16, gate=False), "auto", ("expf", "log1pf")),
+                                   (ssmc.SSM("v", 4, A=ssmc.Diagonal(real=False)), "conv", ("expf", "sinf", "cosf"))):
+        package = compile_package(spec, schedule)
         source = os.path.join(os.path.dirname(package.__file__), "kernels_c.c")
         with open(source) as f:
             # the float forward library as the loader builds it

@@ -40,8 +40,8 @@ def test_lti_scan_and_conv_against_reference_and_each_other(backend, disc, compl
     inputs = scan_inputs(dim=4, length=90, n_state=5, complex_state=complex_state, selective=())
     outs = {}
     for schedule in ("scan", "conv"):
-        spec = ssmc.SSM("lti", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls(), schedule=schedule)
-        outs[schedule] = compile_package(spec).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"],
+        spec = ssmc.SSM("lti", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls())
+        outs[schedule] = compile_package(spec, schedule).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"],
                                                      inputs["C"], D=inputs["D"])
         ref = selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
                                  D=inputs["D"], discretization=disc)

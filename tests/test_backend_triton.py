@@ -22,9 +22,9 @@ TOL = 1e-4            # float32 accumulation against float64
 TOL_BF16 = 1e-2       # bfloat16 inputs and output: an 8-bit mantissa rounds at ~4e-3
 
 
-def _run(spec, inputs, discretization):
-    """(y, last state) of the Triton package and of the reference."""
-    package = compile_package(spec)
+def _run(spec, inputs, discretization, schedule="auto"):
+    """(y, last state) of the Triton package (compiled under `schedule`) and of the reference."""
+    package = compile_package(spec, schedule)
     kwargs = {k: inputs[k] for k in ("D", "z", "delta_bias")
               if {"D": spec.skip_D, "z": spec.gate, "delta_bias": spec.dt_bias}[k]}
     args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
@@ -34,15 +34,15 @@ def _run(spec, inputs, discretization):
     return out, ref
 
 
-def _check(spec, inputs, discretization):
-    (y, state), (y_ref, state_ref) = _run(spec, inputs, discretization)
+def _check(spec, inputs, discretization, schedule="auto"):
+    (y, state), (y_ref, state_ref) = _run(spec, inputs, discretization, schedule)
     assert y.dtype == inputs["u"].dtype and y.shape == inputs["u"].shape
     assert rel_error(y, y_ref) < TOL
     assert rel_error(state, state_ref) < TOL
 
 
-def _triton_kernels(spec):
-    return compile_package(spec).KERNELS.get("triton")
+def _triton_kernels(spec, schedule="auto"):
+    return compile_package(spec, schedule).KERNELS.get("triton")
 
 
 @pytest.mark.parametrize("gate", [True, False], ids=["gate", "nogate"])
@@ -90,21 +90,21 @@ def test_custom_discretization(backend):
 def test_lti(backend, schedule, disc, complex_state):
     backend("triton")
     cls = {"zoh": ssmc.ZOH, "bilinear": ssmc.Bilinear}[disc]
-    spec = ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls(), schedule=schedule)
+    spec = ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=not complex_state), discretization=cls())
     inputs = scan_inputs(batch=2, dim=4, length=24, n_state=5, complex_state=complex_state, selective=())
     args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
-    y = compile_package(spec).apply(*args, D=inputs["D"])
+    y = compile_package(spec, schedule).apply(*args, D=inputs["D"])
     ref = selective_scan_ref(*args, D=inputs["D"], discretization=disc)
     assert rel_error(y, ref) < TOL
     if schedule == "scan":
-        _check(spec, inputs, disc)
+        _check(spec, inputs, disc, schedule)
 
 
 def test_vandermonde_loops_over_state_and_length_blocks(backend):
     """N = 20 > BLOCK_N = 16 and len = 70 > BLOCK_L = 64 under the interpreter's default config:
     two state blocks (the second masked) and two position blocks (the second masked)."""
     backend("triton")
-    kernels = _triton_kernels(ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=False), schedule="conv"))
+    kernels = _triton_kernels(ssmc.SSM("s4d", 5, A=ssmc.Diagonal(real=False)), "conv")
     dim, n_state, length = 3, 20, 70
     gen = torch.Generator().manual_seed(0)
     log_decay = torch.complex(-0.01 - 0.2 * torch.rand(dim, n_state, generator=gen),

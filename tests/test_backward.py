@@ -33,8 +33,8 @@ def _float64_inputs(spec, selective, groups, length=11, seed=None):
 def test_gradcheck_float64_with_initial_and_last_state(backend, monkeypatch, name):
     backend("torch")
     monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 4)      # 11 steps: three recomputed chunks
-    spec, selective, groups = SPECS[name]
-    package = compile_package(spec)
+    spec, schedule, selective, groups = SPECS[name]
+    package = compile_package(spec, schedule)
     main, optional, h0 = _float64_inputs(spec, selective, groups)
     keys = list(optional)
 
@@ -49,13 +49,13 @@ def test_gradcheck_float64_with_initial_and_last_state(backend, monkeypatch, nam
 def test_gradients_match_reference_autograd(backend, monkeypatch):
     backend("torch")
     monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 8)
-    spec, selective, groups = SPECS["complex_selective"]
+    spec, schedule, selective, groups = SPECS["complex_selective"]
     main, optional, h0 = _float64_inputs(spec, selective, groups, length=30)
     leaves = [t.clone().requires_grad_() for t in main + list(optional.values()) + [h0]]
     ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
     keys = list(optional)
-    y, last = compile_package(spec).apply(*leaves[:5], **dict(zip(keys, leaves[5:-1])), return_last_state=True,
-                                          initial_state=leaves[-1])
+    y, last = compile_package(spec, schedule).apply(*leaves[:5], **dict(zip(keys, leaves[5:-1])),
+                                                    return_last_state=True, initial_state=leaves[-1])
     y_ref, last_ref = selective_scan_ref(*ref_leaves[:5], **dict(zip(keys, ref_leaves[5:-1])),
                                          delta_softplus=True, discretization="zoh", return_last_state=True,
                                          initial_state=ref_leaves[-1])
@@ -68,9 +68,9 @@ def test_gradients_match_reference_autograd(backend, monkeypatch):
 
 def test_conv_schedule_gradcheck_through_the_vandermonde_kernel(backend):
     backend("torch")
-    spec = ssmc.SSM("lc", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="conv")
+    spec = ssmc.SSM("lc", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH())
     main, optional, _ = _float64_inputs(spec, (), 1, length=9)
-    package = compile_package(spec)
+    package = compile_package(spec, "conv")
     inputs = tuple(t.requires_grad_() for t in main + [optional["D"]])
     assert torch.autograd.gradcheck(lambda *t: package.apply(*t[:5], D=t[5]), inputs, eps=1e-6, atol=1e-5)
 

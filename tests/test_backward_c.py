@@ -65,17 +65,18 @@ def _apply(package, keys):
 def test_gradcheck_float64_with_initial_and_last_state(backend, monkeypatch, one_thread, name):
     backend("c")
     monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 4)      # 11 steps: three recomputed chunks
-    spec, selective, groups = SPECS[name]
+    spec, schedule, selective, groups = SPECS[name]
     main, optional, h0 = _inputs(spec, selective, groups, torch.float64)
     inputs = tuple(t.requires_grad_() for t in main + list(optional.values()) + [h0])
-    assert torch.autograd.gradcheck(_apply(compile_package(spec), list(optional)), inputs, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(_apply(compile_package(spec, schedule), list(optional)), inputs, eps=1e-6,
+                                    atol=1e-5)
 
 
 def test_conv_schedule_gradcheck_through_the_vandermonde_kernel(backend, one_thread):
     backend("c")
-    spec = ssmc.SSM("lc", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="conv")
+    spec = ssmc.SSM("lc", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH())
     main, optional, _ = _inputs(spec, (), 1, torch.float64, length=9)
-    package = compile_package(spec)
+    package = compile_package(spec, "conv")
     inputs = tuple(t.requires_grad_() for t in main + [optional["D"]])
     assert torch.autograd.gradcheck(lambda *t: package.apply(*t[:5], D=t[5]), inputs, eps=1e-6, atol=1e-5)
 
@@ -92,26 +93,27 @@ def test_float64_forward_is_computed_in_double(backend):
 
 
 FLOAT32_CASES = {
+    # name: (spec, schedule, selective, groups, state size of the inputs (None: the spec's))
     # channels off the 16-lane grid (19 per group), a partial last chunk, several chunks
-    "mamba_groups": (ssmc.presets.mamba(d_state=8, groups=2), ("dt", "B", "C"), 2, None),
+    "mamba_groups": (ssmc.presets.mamba(d_state=8, groups=2), "auto", ("dt", "B", "C"), 2, None),
     # the generic path: a state size other than the spec's
-    "mamba_other_N": (ssmc.presets.mamba(d_state=8, gate=False), ("dt", "B", "C"), 1, 5),
+    "mamba_other_N": (ssmc.presets.mamba(d_state=8, gate=False), "auto", ("dt", "B", "C"), 1, 5),
     "complex_selective": SPECS["complex_selective"] + (None,),
     "lti_complex_bilinear": SPECS["lti_complex_bilinear"] + (None,),
     "lti_real_zoh_bias": SPECS["lti_real_zoh_bias"] + (None,),
     "only_dt_complex": (ssmc.SSM("od", 3, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), selective=("dt",),
-                                 dt_bias=True, dt_softplus=True), ("dt",), 1, None),
-    "only_C_real": (ssmc.SSM("oc", 3, discretization=ssmc.ZOH(), selective=("C",)), ("C",), 1, None),
+                                 dt_bias=True, dt_softplus=True), "auto", ("dt",), 1, None),
+    "only_C_real": (ssmc.SSM("oc", 3, discretization=ssmc.ZOH(), selective=("C",)), "auto", ("C",), 1, None),
 }
 
 
 @pytest.mark.parametrize("name", sorted(FLOAT32_CASES))
 def test_float32_gradients_match_torch_backend(backend, monkeypatch, threaded, name):
     monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 16)     # 70 steps: 5 chunks, the last partial
-    spec, selective, groups, n_state = FLOAT32_CASES[name]
+    spec, schedule, selective, groups, n_state = FLOAT32_CASES[name]
     main, optional, h0 = _inputs(spec, selective, groups, torch.float32, dim=19 * groups, length=70,
                                  n_state=n_state)
-    package = compile_package(spec)
+    package = compile_package(spec, schedule)
     threaded(package)
     weights = None
     grads = {}
@@ -167,8 +169,8 @@ def test_backward_keeps_checkpoints_not_states(backend):
 
 
 def test_vandermonde_backward_matches_torch_backend():
-    spec = ssmc.SSM("s4d", 6, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="conv")
-    package = compile_package(spec)
+    spec = ssmc.SSM("s4d", 6, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH())
+    package = compile_package(spec, "conv")
     gen = torch.Generator().manual_seed(2)
     dim, n_state, length = 5, 6, 700
     args = (-0.05 * torch.rand(dim, n_state, generator=gen), 0.5 * torch.randn(dim, n_state, generator=gen),

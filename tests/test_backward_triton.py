@@ -22,15 +22,15 @@ TOL_FP16 = 2e-3       # a gradient returned in float16 (11-bit mantissa, roundin
 LENGTH = 20
 
 CASES = {
-    # name: (spec, scan_inputs arguments, reference discretization)
+    # name: (spec, scan_inputs arguments, reference discretization); compiled with schedule "scan"
     "mamba_groups2": (ssmc.presets.mamba(d_state=4, groups=2), dict(groups=2), "mamba"),
     "complex_selective": (ssmc.SSM("cx", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
                                    selective=("dt", "B", "C"), dt_softplus=True, dt_bias=True, gate=True),
                           dict(complex_state=True), "zoh"),
-    "lti_scan_real": (ssmc.SSM("lr", 4, discretization=ssmc.ZOH(), schedule="scan", dt_bias=True, dt_softplus=True),
+    "lti_scan_real": (ssmc.SSM("lr", 4, discretization=ssmc.ZOH(), dt_bias=True, dt_softplus=True),
                       dict(selective=()), "zoh"),
-    "lti_scan_complex": (ssmc.SSM("lc", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear(),
-                                  schedule="scan"), dict(selective=(), complex_state=True), "bilinear"),
+    "lti_scan_complex": (ssmc.SSM("lc", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear()),
+                         dict(selective=(), complex_state=True), "bilinear"),
     # dt hoisted (time-invariant), B from the input, C fixed: a segment follows B's groups only
     "only_B_selective": (ssmc.SSM("ob", 3, discretization=ssmc.Euler(), selective=("B",), skip_D=False,
                                   dt_softplus=True, dt_bias=True), dict(selective=("B",), groups=2), "euler"),
@@ -56,8 +56,9 @@ def _float64(x):
     return x.detach().to(torch.complex128 if x.is_complex() else torch.float64)
 
 
-def _gradients(spec, inputs, discretization, h0=None, last_state=True):
-    """[(name, Triton gradient, float64 reference gradient)] of every input tensor."""
+def _gradients(spec, inputs, discretization, h0=None, last_state=True, schedule="scan"):
+    """[(name, Triton gradient, float64 reference gradient)] of every input tensor, the spec compiled
+    with `schedule` (a selective spec has only the scan)."""
     optional = _optional(spec, inputs)
     names = ["u", "delta", "A", "B", "C", *optional] + (["initial_state"] if h0 is not None else [])
     values = [inputs[k] for k in ("u", "delta", "A", "B", "C")] + list(optional.values()) + (
@@ -69,7 +70,7 @@ def _gradients(spec, inputs, discretization, h0=None, last_state=True):
         kwargs = dict(zip(names[5:], tensors[5:]))
         return fn(*tensors[:5], **kwargs, return_last_state=last_state, **extra)
 
-    out = run(compile_package(spec).apply, leaves)
+    out = run(compile_package(spec, schedule).apply, leaves)
     ref = run(selective_scan_ref, ref_leaves, delta_softplus=spec.dt_softplus, discretization=discretization)
     y, y_ref = (out[0], ref[0]) if last_state else (out, ref)
     assert y.dtype == inputs["u"].dtype
@@ -119,9 +120,9 @@ def test_B_and_C_with_different_groups():
 
 
 def test_lti_conv_through_the_vandermonde_backward():
-    spec = ssmc.SSM("lcv", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="conv")
+    spec = ssmc.SSM("lcv", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH())
     inputs = scan_inputs(batch=2, dim=8, length=LENGTH, n_state=4, complex_state=True, selective=(), seed=4)
-    for grad_name, grad, ref in _gradients(spec, inputs, "zoh", last_state=False):
+    for grad_name, grad, ref in _gradients(spec, inputs, "zoh", last_state=False, schedule="conv"):
         assert rel_error(grad, ref) < TOL, grad_name
 
 
@@ -150,7 +151,7 @@ def test_float64_inputs_compute_in_float32():
 def test_vandermonde_backward_loops_over_state_and_length_blocks():
     """N = 20 > BLOCK_N = 16 and len = 70 > BLOCK_L = 64: two state blocks (the second masked),
     two position blocks (the second masked), against autograd of the complex formula."""
-    kernels = compile_package(ssmc.SSM("vb", 4, A=ssmc.Diagonal(real=False), schedule="conv")).KERNELS.get("triton")
+    kernels = compile_package(ssmc.SSM("vb", 4, A=ssmc.Diagonal(real=False)), "conv").KERNELS.get("triton")
     dim, n_state, length = 3, 20, 70
     gen = torch.Generator().manual_seed(7)
     parts = [-0.01 - 0.1 * torch.rand(dim, n_state, generator=gen), torch.randn(dim, n_state, generator=gen),

@@ -1,4 +1,5 @@
 """The command line round trip: compile a spec file, import the package in a fresh process."""
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,42 @@ def test_explain_prints_passes_and_cost_numbers():
     assert "grad_discretize_block of %scan_kernel:" in out.split("== IR after derive_backward ==")[1]
     out = run("-m", "ssmc.cli", "explain", "examples/s4d.py", "--shape", "batch=1,len=64,dim=256").stdout
     assert "h: scan (chosen per call" in out
+
+
+def test_compile_schedule_option_writes_that_schedule(tmp_path):
+    """--schedule is a compile option: the package says which (schedule.json, the marker, the module
+    docstring), spec.json does not, and the package runs in a fresh process."""
+    run("-m", "ssmc", "compile", "examples/s4d.py", "--schedule", "conv", "-o", str(tmp_path))
+    package = tmp_path / "s4d"
+    decisions = json.loads((package / "schedule.json").read_text())["decisions"]
+    assert [(d["algorithm"], d["reason"]) for d in decisions] == [("conv", "requested: schedule='conv'")]
+    assert json.loads((package / ".ssmc-package").read_text())["schedule"] == "conv"
+    assert "schedule" not in json.loads((package / "spec.json").read_text())
+    assert "Schedule: h by conv" in (package / "__init__.py").read_text()
+    script = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import s4d\n"
+              "layer = s4d.Layer(d_model=4); y = layer(torch.randn(2, 9, 4))\n"
+              "assert y.shape == (2, 9, 4) and torch.isfinite(y).all(); print('ok')\n")
+    assert run("-c", script, str(tmp_path), env={"SSMC_BACKEND": "torch"}).stdout.strip() == "ok"
+
+
+def test_explain_schedule_option_fixes_the_choice():
+    out = run("-m", "ssmc", "explain", "examples/s4d.py", "--schedule", "scan").stdout
+    assert "spec 's4d' (" in out and "), schedule scan" in out
+    assert "h: scan (fixed; requested: schedule='scan')" in out
+    assert "vandermonde" not in out.split("== IR after fuse ==")[1]      # no convolution form kept
+
+
+def test_schedule_option_help_and_refusals(tmp_path):
+    for command in ("compile", "explain"):
+        assert "scan, conv, or auto: the cost model chooses per call" in run("-m", "ssmc", command, "--help").stdout
+        result = run("-m", "ssmc", command, "examples/s4d.py", "--schedule", "fast", check=False)
+        assert result.returncode == 2 and "invalid choice: 'fast'" in result.stderr
+    result = run("-m", "ssmc", "compile", "examples/mamba.py", "--schedule", "conv", "-o", str(tmp_path / "out"),
+                 check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ssmc: error: mamba (spec 'mamba'): schedule='conv' for %h: an FFT convolution needs a time-invariant" \
+        in result.stderr
+    assert not (tmp_path / "out" / "mamba").exists()
 
 
 @pytest.mark.parametrize("args, message", [

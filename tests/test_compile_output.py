@@ -49,6 +49,7 @@ def test_replaces_its_own_package_and_writes_a_marker(tmp_path, capsys):
     marker = json.loads((out / "src" / MARKER).read_text())
     spec = ssmc.presets.mamba(d_state=4, name="src")
     assert marker["spec_hash"] == spec.content_hash() and marker["ssmc"] == ssmc.__version__
+    assert marker["schedule"] == "auto"
     assert set(marker["files"]) == {p.name for p in (out / "src").iterdir()} - {MARKER}
     assert MARKER not in stdout
     (out / "src" / "__pycache__").mkdir()              # what importing it leaves: still ssmc's

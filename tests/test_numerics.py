@@ -34,11 +34,12 @@ def _needs_c(name):
         pytest.skip("no C compiler")
 
 
-def _apply(spec, inputs, **extra):
+def _apply(spec, inputs, schedule="auto", **extra):
     kwargs = {k: inputs[k] for k in ("D", "z", "delta_bias")
               if {"D": spec.skip_D, "z": spec.gate, "delta_bias": spec.dt_bias}[k]}
     kwargs.update(extra)
-    return compile_package(spec).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], **kwargs)
+    return compile_package(spec, schedule).apply(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                                 **kwargs)
 
 
 def _reference(spec, inputs, discretization, **extra):
@@ -89,12 +90,11 @@ def test_zoh_small_steps_time_invariant(backend, name, schedule):
     dt = 1e-3 to 2e-2 at dt = 1e-6."""
     _needs_c(name)
     backend(name)
-    spec = ssmc.SSM("small_dt_lti", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), skip_D=False,
-                    schedule=schedule)
+    spec = ssmc.SSM("small_dt_lti", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), skip_D=False)
     for dt in (1e-3, 1e-4, 1e-5, 1e-6):
         inputs = scan_inputs(batch=1, dim=3, length=5, n_state=4, complex_state=True, selective=())
         inputs["delta"] = dt * (1 + torch.rand(3))
-        y = _apply(spec, inputs)
+        y = _apply(spec, inputs, schedule)
         assert rel_error(y, _reference(spec, inputs, ZOH_REF)) < 3e-6, (name, dt)
 
 
@@ -122,8 +122,8 @@ def test_convolution_log_decay_is_the_principal_log():
     from ssmc.ir.passes.backward import inline
     from ssmc.ir.pass_manager import lower
 
-    spec = ssmc.SSM("bilinear_conv", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear(), schedule="conv")
-    (op,) = [op for op in lower(spec, record=False).graph.of_kind(Fused)]
+    spec = ssmc.SSM("bilinear_conv", 4, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear())
+    (op,) = [op for op in lower(spec, "conv", record=False).graph.of_kind(Fused)]
     log_decay = inline(op.plan.kernel_block)["log_decay"]
     symbols = {s.name: s for s in log_decay.free_symbols}
     for _ in range(20):
@@ -282,7 +282,7 @@ LARGE_STATE_SCRIPT = textwrap.dedent("""
     n_state, complex_state = int(sys.argv[1]), sys.argv[2] == "complex"
     selective = () if complex_state else ("dt", "B", "C")
     spec = ssmc.SSM("large_n_" + sys.argv[2], n_state, A=ssmc.Diagonal(real=not complex_state),
-                    discretization=ssmc.ZOH(), selective=selective, schedule="scan", skip_D=False)
+                    discretization=ssmc.ZOH(), selective=selective, skip_D=False)
     length = 4
     u = torch.randn(1, 1, length)
     delta = 0.1 * torch.rand(1, 1, length) if selective else 0.1 * torch.rand(1)
@@ -292,7 +292,7 @@ LARGE_STATE_SCRIPT = textwrap.dedent("""
         B, C = (torch.randn(1, n_state, dtype=torch.complex64) for _ in range(2))
     else:
         B, C = (torch.randn(1, 1, n_state, length) for _ in range(2))
-    y, state = compile_package(spec).apply(u, delta, A, B, C, return_last_state=True)
+    y, state = compile_package(spec, "scan").apply(u, delta, A, B, C, return_last_state=True)
     y_ref, state_ref = selective_scan_ref(u, delta, A, B, C, discretization="zoh", return_last_state=True)
     error = ((y.double() - y_ref.double()).norm() / y_ref.double().norm()).item()
     state_error = ((state - state_ref).abs().norm() / state_ref.abs().norm()).item()
@@ -325,11 +325,11 @@ def test_c_backward_is_bitwise_reproducible(backend, spec_name):
     _needs_c("c")
     backend("c")
     if spec_name == "mamba_groups":
-        spec, selective = ssmc.presets.mamba(d_state=16, groups=2), ("dt", "B", "C")
+        spec, selective, schedule = ssmc.presets.mamba(d_state=16, groups=2), ("dt", "B", "C"), "auto"
     else:
-        spec = ssmc.SSM("lti_det", 16, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(), schedule="scan",
+        spec = ssmc.SSM("lti_det", 16, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
                         dt_bias=True, dt_softplus=True)
-        selective = ()
+        selective, schedule = (), "scan"
     inputs = scan_inputs(batch=2, dim=40, length=130, n_state=16, groups=2 if selective else 1,
                          complex_state=spec.is_complex, selective=selective)
     names = [k for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -341,7 +341,7 @@ def test_c_backward_is_bitwise_reproducible(backend, spec_name):
         runs = []
         for _ in range(6):
             leaves = {k: inputs[k].clone().requires_grad_() for k in names}
-            y = _apply(spec, {**inputs, **leaves})
+            y = _apply(spec, {**inputs, **leaves}, schedule)
             runs.append(_grads(y, list(leaves.values()), seed))
     finally:
         torch.set_num_threads(threads)

@@ -23,8 +23,6 @@ def test_valid_specs_hash_stably():
     (dict(A="diag"), "A must be ssmc.Diagonal"),
     (dict(A=ssmc.Scalar()), "A=Scalar()"),
     (dict(discretization="rk4"), "discretization must be one of"),
-    (dict(schedule="fast"), "schedule must be one of"),
-    (dict(schedule="conv", selective=("dt",)), "schedule='conv' needs a time-invariant layer"),
     (dict(groups=2), "groups=2 only applies to input-dependent B or C"),
     (dict(groups=0, selective=("B",)), "groups must be a positive int"),
     (dict(skip_D="yes"), "skip_D must be a bool"),
@@ -92,3 +90,22 @@ def test_longest_name_is_accepted():
 def test_presets_name_a_misspelt_argument(preset):
     with pytest.raises(ssmc.SpecError, match=r"unknown field 'd_sate'; did you mean 'd_state'"):
         getattr(ssmc.presets, preset)(d_sate=8)
+
+
+MOVED_SCHEDULE = ("schedule is a compile option, not part of the layer: use ssmc.compile(spec, schedule=...) "
+                  "/ ssmc compile --schedule")
+
+
+@pytest.mark.parametrize("make, owner", [
+    (lambda: ssmc.SSM("x", 8, schedule="conv"), "SSM"),
+    (lambda: ssmc.SSM("x", 8, selective=("dt",), schedule="scan"), "SSM"),
+    (lambda: ssmc.presets.s4d(8).replace(schedule="scan"), "SSM"),
+    (lambda: ssmc.presets.s4d(8, schedule="conv"), "ssmc.presets.s4d"),
+    (lambda: ssmc.presets.dss(8, schedule="auto"), "ssmc.presets.dss"),
+])
+def test_schedule_moved_out_of_the_spec_says_where(make, owner):
+    """The schedule was a spec field; a spec (or preset call) still passing it is told where it went,
+    not just 'unknown field'."""
+    with pytest.raises(ssmc.SpecError) as info:
+        make()
+    assert str(info.value) == f"{owner}: {MOVED_SCHEDULE}"

@@ -16,10 +16,11 @@ from ..ops import Contract, Elementwise, FFTConv, KernelGen, Scan, Select
 from ..schedule import Decision
 
 
-def _is_time_invariant(graph: Graph, scan: Scan, readouts) -> bool:
-    """A single convolution kernel exists only if decay, input and readout are all constant in time."""
+def _time_varying_operands(graph: Graph, scan: Scan, readouts) -> list:
+    """The operands of the recurrence and its readout that vary over time. A single convolution kernel
+    exists only if decay, input and readout are all constant in time (none is listed)."""
     operands = [graph.op(v) for v in scan.inputs[:3]] + [graph.op(r.inputs[0]) for r in readouts]
-    return all("len" not in op.shape for op in operands)
+    return [op.name for op in operands if "len" in op.shape]
 
 
 def _log(decay: sympy.Expr) -> sympy.Expr:
@@ -66,10 +67,13 @@ def choose_schedule(graph: Graph, ctx) -> Graph:
         readouts = [op for op in graph.users(scan.name) if isinstance(op, Contract)]
         complex_state = scan.dtype in ("complex", "pair")
         scan_cost = cost.scan_cost(complex_state)
-        if not _is_time_invariant(graph, scan, readouts):
+        varying = _time_varying_operands(graph, scan, readouts)
+        if varying:
             if ctx.request == "conv":
-                raise ScheduleError(f"schedule='conv' for %{scan.name}: an FFT convolution needs a "
-                                    f"time-invariant recurrence and readout, but an operand varies over len")
+                raise ScheduleError(f"schedule='conv' for %{scan.name}: an FFT convolution needs a time-invariant "
+                                    f"recurrence and readout, but {', '.join(varying)} "
+                                    f"{'varies' if len(varying) == 1 else 'vary'} over len (a selective "
+                                    f"layer has only the scan); expected schedule='scan' or 'auto'")
             ctx.schedule = ctx.schedule.with_decision(Decision(
                 scan.name, "scan", "selective: an operand varies over time, no convolution form",
                 {"scan": str(scan_cost)}))
@@ -78,12 +82,12 @@ def choose_schedule(graph: Graph, ctx) -> Graph:
         conv_cost = cost.conv_cost(complex_state)
         costs = {"scan": str(scan_cost), "conv": str(conv_cost)}
         if ctx.request == "scan":
-            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "scan", "user override", costs))
+            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "scan", "requested: schedule='scan'", costs))
             continue
         y_conv = _add_convolution_form(graph, scan, readout, complex_state)
         if ctx.request == "conv":
             _rewire(graph, readout.name, y_conv)
-            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "conv", "user override", costs))
+            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "conv", "requested: schedule='conv'", costs))
         else:
             predicate = sympy.StrictLessThan(conv_cost, scan_cost)
             graph.add(Select("y_select", inputs=(y_conv, readout.name), use_first=predicate))
