@@ -13,6 +13,7 @@ from sympy.printing.c import C99CodePrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError
+from ..formula import POWER_RULE, exponent_allowed
 from ..ir.functions import expm1, log1p, silu, softplus
 
 
@@ -22,23 +23,26 @@ class UnsupportedExpression(CompileError):
 
 def _print_power(printer, expr: sympy.Pow, one: str, sqrt_format: str) -> str:
     """x**k for small integer k as products (no pow call, exact in every target), x**(1/2) as sqrt,
-    x**(k/2) as a product with one sqrt; other powers are refused."""
+    x**(k/2) as a product with one sqrt; other powers are refused. Which powers: the one rule
+    `ssmc.formula.exponent_allowed`, the same that formulas are checked against at spec time."""
     exp = expr.exp
+    if not exponent_allowed(exp):
+        raise UnsupportedExpression(f"{type(printer).__name__}: unsupported power {expr} (expected {POWER_RULE})")
     base = printer.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
-    if exp.is_Integer and 1 <= int(exp) <= 4:
+    if exp.is_Integer and int(exp) == 0:
+        return one
+    if exp.is_Integer and int(exp) >= 1:
         # parenthesised: the caller may print it after a `/` (y/x**3 must not become y/x*x*x)
         return "(" + "*".join([base] * int(exp)) + ")"
-    if exp.is_Integer and -4 <= int(exp) <= -1:
+    if exp.is_Integer:
         return f"{one} / (" + "*".join([base] * -int(exp)) + ")"
     if exp == sympy.Rational(1, 2):
         return sqrt_format.format(printer._print(expr.base))
-    if exp.is_Rational and exp.q == 2 and -9 <= exp.p <= 9:
-        # x**(k/2) (derivatives of sqrt: x**(-1/2), x**(-3/2)) as x**(k//2)·sqrt(x), inverted for k < 0
-        root = sqrt_format.format(printer._print(expr.base))
-        factors = [base] * ((abs(exp.p) - 1) // 2) + [root]
-        product = "(" + "*".join(factors) + ")"
-        return product if exp > 0 else f"{one} / {product}"
-    raise UnsupportedExpression(f"{type(printer).__name__}: unsupported power {expr}")
+    # x**(k/2) (derivatives of sqrt: x**(-1/2), x**(-3/2)) as x**(k//2)·sqrt(x), inverted for k < 0
+    root = sqrt_format.format(printer._print(expr.base))
+    factors = [base] * ((abs(exp.p) - 1) // 2) + [root]
+    product = "(" + "*".join(factors) + ")"
+    return product if exp > 0 else f"{one} / {product}"
 
 
 class _TensorPrinter(PythonCodePrinter):
@@ -48,13 +52,17 @@ class _TensorPrinter(PythonCodePrinter):
     functions: dict = {}
 
     def doprint(self, expr, *args, **kwargs):
-        _refuse_unknown_functions(self, sympy.sympify(expr))
+        _refuse_unknown_functions(self, expr)
         return super().doprint(expr, *args, **kwargs)
 
     def _print_Function(self, expr):
         name = type(expr).__name__
         if name not in self.functions:
             raise UnsupportedExpression(f"{type(self).__name__} cannot print {name}(...) in {expr}")
+        if not expr.free_symbols and expr.is_extended_real:
+            # a constant (exp(-1), pi/E's 1/E): torch.exp / tl.exp take tensors, not Python floats
+            value = float(expr)
+            return repr(value) if value >= 0 else f"({value!r})"
         args = ", ".join(self._print(a) for a in expr.args)
         return self.functions[name].format(args=args, lib=self.lib)
 
@@ -77,6 +85,9 @@ class _TensorPrinter(PythonCodePrinter):
 
     def _print_Pi(self, expr):
         return "3.141592653589793"
+
+    def _print_Exp1(self, expr):
+        return "2.718281828459045"
 
 
 class TritonPrinter(_TensorPrinter):
@@ -110,7 +121,7 @@ class CPrinter(C99CodePrinter):
                  "softplus": "ssmc_softplus", "silu": "ssmc_silu"}
 
     def doprint(self, expr, *args, **kwargs):
-        _refuse_unknown_functions(self, sympy.sympify(expr))
+        _refuse_unknown_functions(self, expr)
         return super().doprint(expr, *args, **kwargs)
 
     def _print_Function(self, expr):
@@ -150,7 +161,11 @@ class DoubleCPrinter(CPrinter):
 
 def _refuse_unknown_functions(printer, expr) -> None:
     """sympy's printers know many functions (gamma, erf...) with target-specific spellings; ssmc
-    accepts only those in the printer's own table, whose semantics it has checked."""
+    accepts only those in the printer's own table, whose semantics it has checked. Only sympy
+    objects are printed: a string would have to be sympified, which evaluates Python."""
+    if not isinstance(expr, sympy.Basic):
+        raise UnsupportedExpression(f"{type(printer).__name__} prints sympy expressions only, got "
+                                    f"{type(expr).__name__}")
     for function in expr.atoms(sympy.Function):
         name = type(function).__name__
         if name not in printer.functions:

@@ -52,20 +52,25 @@ class log1p(sympy.Function):
         return 1 / (1 + self.args[0])
 
 
-# every IR function by name: for reading srepr'd expressions back (plans, graph.json)
+# the one registry of IR functions by name: for reading srepr'd expressions back (plans, graph.json);
+# tests/test_ir.py checks it lists every sympy.Function class defined here
 IR_FUNCTIONS = {f.__name__: f for f in (softplus, silu, expm1, log1p)}
 
 
 def use_expm1(expr: sympy.Expr) -> sympy.Expr:
-    """`expr` with every exp(x) - 1 written expm1(x), also inside sums (exp(x) + c - 1) and after
-    sympy reordered it (-1 + exp(x)); other exps are kept."""
+    """`expr` with every c·exp(x) − c written c·expm1(x), for any number c: inside sums
+    (exp(x) + y − 1), scaled ((2·exp(x) − 2)/A), negated (1 − exp(x)) and however sympy ordered the
+    terms; other exps are kept."""
     def rewrite(add):
-        exps = [term for term in add.args if isinstance(term, sympy.exp)]
         constant = sum((term for term in add.args if term.is_Number), sympy.S.Zero)
-        if constant != -1 or not exps:
+        if constant == 0:
             return add
-        rest = [term for term in add.args if not term.is_Number and term is not exps[0]]
-        return sympy.Add(expm1(exps[0].args[0]), *rest)
+        for term in add.args:
+            coefficient, rest = term.as_coeff_Mul()
+            if isinstance(rest, sympy.exp) and coefficient == -constant:
+                others = [t for t in add.args if not t.is_Number and t is not term]
+                return sympy.Add(coefficient * expm1(rest.args[0]), *others)
+        return add
 
     return expr.replace(lambda e: isinstance(e, sympy.Add), rewrite)
 

@@ -15,6 +15,7 @@ import sympy
 from ..errors import CompileError
 from ..formula import read_srepr
 from . import ops as irops
+from .functions import IR_FUNCTIONS
 from .plans import plan_from_json
 
 
@@ -171,17 +172,11 @@ def _encode(value):
     return value
 
 
-def ir_functions() -> dict:
-    """The sympy function classes a stored IR may name beyond sympy's own: those of ir/functions.py."""
-    from . import functions
-    return {name: obj for name, obj in vars(functions).items()
-            if isinstance(obj, type) and issubclass(obj, sympy.Function) and obj.__module__ == functions.__name__}
-
-
 def _decode(value):
     if isinstance(value, dict) and "sympy" in value:
-        # never sympify: it evaluates Python, and graph.json is a file anyone may have edited
-        return read_srepr(value["sympy"], "graph.json", ir_functions(), error=CompileError)
+        # never sympify (it evaluates Python): Graph.from_json is a public entry point, and
+        # whatever dict a caller hands it must at worst be refused, never run
+        return read_srepr(value["sympy"], "graph.json", IR_FUNCTIONS, error=CompileError)
     if isinstance(value, dict) and "plan" in value:
         return plan_from_json(value["plan"])
     if isinstance(value, dict) and "tuple" in value:

@@ -9,9 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-# What a user may ask `lower` (ssmc.compile, ssmc compile --schedule) for: a compile option, never
-# part of the spec. "auto" leaves the choice to the cost model (per call, where it depends on shape).
-SCHEDULES = ("auto", "scan", "conv")
+from ..spec import SCHEDULES  # noqa: F401  (re-exported: what `lower` accepts; one list, see there)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def _located(path: str, error: BaseException) -> str:
 def _assigned_variable(file: Path, line: int) -> str | None:
     """The name a top-level `name = ...` statement spanning `line` assigns, if any."""
     try:
-        tree = ast.parse(file.read_text())
+        tree = ast.parse(file.read_bytes())       # bytes: the file's own coding (PEP 263, else UTF-8)
     except (SyntaxError, ValueError, OSError):
         return None
     for statement in tree.body:

@@ -6,7 +6,9 @@ hash>/). The schedule is a compile option, not part of the spec: one spec compil
 schedules is two packages, so the schedule is part of the key.
 
 Every package ssmc writes holds a marker, `.ssmc-package` (JSON: ssmc version, spec name and hash,
-schedule, compiler fingerprint, and the sha256 of every file). It is what makes a directory ssmc's own:
+schedule, compiler fingerprint, and the sha256 of every file). Files are written as UTF-8 whatever the
+locale (the sources hold `·` and `Σ`; the marker hashes UTF-8 bytes). The marker is what makes a
+directory ssmc's own:
 - In the cache, the package is written into a staging directory beside its final name, marker
   last, and published by one rename: an entry whose marker matches its files is complete. Entries
   are immutable (a process may be importing one at any time): never replaced, never removed. An
@@ -14,8 +16,10 @@ schedule, compiler fingerprint, and the sha256 of every file). It is what makes 
   package goes to the next free name, `<key>.1`, `<key>.2`, ... A process that loses a publishing
   race discards its staging directory once the winner's entry checks out.
 - `ssmc compile` (`write_package`) replaces an existing OUT/<name>/ only if ssmc wrote it: a sound
-  marker, no file changed since, nothing else in it but `__pycache__`. Anything else is refused,
-  naming the path, unless `force`. A symbolic link is never replaced nor followed, force or not.
+  marker, no file changed since (a generated file that was deleted is nothing lost; one replaced by
+  a directory, a symbolic link or anything but the same bytes is a change), nothing else in it but
+  `__pycache__`. Anything else is refused, naming the path, unless `force`. A symbolic link is
+  never replaced nor followed, force or not.
   Replacing: stage beside it, move the old one aside, move the new one in, delete the old one.
 
 First use from several threads is safe: one lock per package key, and a module becomes visible to
@@ -87,14 +91,10 @@ def _lock(name: str) -> threading.RLock:
 
 # ---- the marker -------------------------------------------------------------------------------------
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _marker_text(spec: SSM, schedule: str, files: dict) -> str:
     marker = {"format": 1, "ssmc": __version__, "spec": spec.name, "spec_hash": spec.content_hash(),
               "schedule": schedule, "compiler": compiler_fingerprint(),
-              "files": {name: _sha256(text.encode()) for name, text in sorted(files.items())}}
+              "files": {name: cache.sha256_bytes(text.encode("utf-8")) for name, text in sorted(files.items())}}
     return json.dumps(marker, indent=1, sort_keys=True) + "\n"
 
 
@@ -116,19 +116,18 @@ def read_marker(directory: Path) -> dict | None:
     return marker
 
 
-def _file_sha(path: Path) -> str | None:
-    try:
-        return None if path.is_symlink() else _sha256(path.read_bytes())
-    except OSError:
-        return None
-
-
 def _changed_files(directory: Path, marker: dict, missing_counts: bool) -> list:
-    """Files of the marker whose content differs from what ssmc wrote."""
+    """Files of the marker that are not what ssmc wrote. Only a name with nothing at all there
+    (`os.path.lexists` false) is missing, and counts only if `missing_counts`: whatever else is there
+    in its place (other content, a directory, a symbolic link, a file ssmc cannot read) is changed,
+    since it may be the user's."""
     changed = []
     for name, sha in marker["files"].items():
-        found = _file_sha(directory / name)
-        if found != sha and (found is not None or missing_counts):
+        path = directory / name
+        if not os.path.lexists(path):
+            if missing_counts:
+                changed.append(name)
+        elif cache.sha256_file(path) != sha:       # None for anything but a readable regular file
             changed.append(name)
     return changed
 
@@ -153,12 +152,14 @@ def _stage(parent: Path, name: str, files: dict, marker: str, mode) -> Path:
     try:
         for file_name, text in [*files.items(), (MARKER, marker)]:
             path = staging / file_name
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")        # what the marker hashes, whatever the locale
             os.chmod(path, mode(directory=False))
         os.chmod(staging, mode(directory=True))
-    except OSError as exc:
+    except BaseException as exc:         # any failure, KeyboardInterrupt included: no staging left behind
         shutil.rmtree(staging, ignore_errors=True)
-        raise SSMCError(f"could not write the package {name} in {parent}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise SSMCError(f"could not write the package {name} in {parent}: {exc.strerror or exc}") from exc
+        raise
     return staging
 
 

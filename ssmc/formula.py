@@ -5,9 +5,12 @@ Two threats, two rules:
   `spec.json` / `graph.json`) could run code. Text is therefore parsed with `ast` and rebuilt from
   a whitelist of nodes and names; nothing is ever evaluated.
 - A formula that a printer cannot print used to fail only when a backend rendered it (or its
-  derived backward). `check_printable` applies the printers' rules at spec construction instead:
-  the whitelist below must stay what `backends/printers.py` prints — tests/test_formula.py prints
-  every accepted formula and its derivatives with every printer, so the two cannot drift apart.
+  derived backward). `check_printable` applies the printers' rules at spec construction instead.
+  The power rule is one function, `exponent_allowed`, which the printers call too; the function
+  whitelist is `PRINTABLE_FUNCTIONS`, and tests/test_formula.py derives its drift cases from both.
+- Checking costs sympy work that grows fast with nesting (a complex A's re/im split roughly triples
+  per exp level): `_check_size` bounds operations, power degree, function nesting and the size of
+  each re/im part before anything is simplified or differentiated.
 
 This module is a leaf (sympy only): the spec imports it, and so may `ir`.
 """
@@ -27,13 +30,18 @@ FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "sin": sympy.sin, "cos": sympy.
 CONSTANTS = {"pi": sympy.pi, "E": sympy.E, "I": sympy.I}
 #: sympy function classes every printer prints (sqrt is a power, see POWER_RULE)
 PRINTABLE_FUNCTIONS = ("exp", "log", "sin", "cos")
-POWER_RULE = "an integer exponent from -4 to 4, or 1/2 (sqrt) and -1/2 (1/sqrt)"
+MAX_INTEGER_POWER = 4      # x**k, |k| <= 4: printed as a product (no pow call, exact in every target)
+MAX_HALF_POWER = 9         # x**(k/2), |k| <= 9: printed as a product with one sqrt
+POWER_RULE = (f"an integer exponent from -{MAX_INTEGER_POWER} to {MAX_INTEGER_POWER}, or a half-integer "
+              f"from -{MAX_HALF_POWER}/2 to {MAX_HALF_POWER}/2 (powers of sqrt)")
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_TEXT = 500
 MAX_OPERATIONS = 200        # sympy.count_ops of a formula
 MAX_NESTED_DEGREE = 16      # ((1 + dt)**4 + 1)**4 has degree 16: simplify and diff grow with it
+MAX_FUNCTION_DEPTH = 3      # exp(exp(exp(dt*A))): a complex A's re/im split grows ~3x per level
+MAX_NESTED_CALLS = 3       # calls whose argument holds another call: each multiplies the split's work
+MAX_PART_OPERATIONS = 160   # sympy.count_ops of each real/imaginary part before simplify and diff
 
-_HALF = sympy.Rational(1, 2)
 _CONSTRUCTS = {
     ast.Attribute: "attribute access", ast.Subscript: "subscript", ast.Lambda: "lambda",
     ast.Compare: "comparison", ast.BoolOp: "boolean operator", ast.IfExp: "conditional expression",
@@ -46,11 +54,15 @@ _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**
 
 
 def exponent_allowed(exponent) -> bool:
-    """The printers' power rule (backends/printers.py `_print_power`): small integer powers become
-    products, 1/2 becomes sqrt; anything else has no exact spelling in every target."""
+    """THE power rule, used by the parser, by `check_printable` and by every printer
+    (backends/printers.py `_print_power`): small integer powers become products, half-integer
+    powers a product with one sqrt; anything else has no exact spelling in every target."""
+    exponent = sympy.Integer(exponent) if isinstance(exponent, int) else exponent
+    if not isinstance(exponent, sympy.Basic) or not exponent.is_Rational:
+        return False
     if exponent.is_Integer:
-        return -4 <= int(exponent) <= 4
-    return exponent in (_HALF, -_HALF)
+        return -MAX_INTEGER_POWER <= int(exponent) <= MAX_INTEGER_POWER
+    return exponent.q == 2 and -MAX_HALF_POWER <= exponent.p <= MAX_HALF_POWER
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,38 +171,54 @@ class _Builder:
 # --------------------------------------------------------------------------------------------
 # Printability: the rules of backends/printers.py, applied at spec construction
 # --------------------------------------------------------------------------------------------
-def check_printable(expr, field: str, allow_complex: bool = True, where: str = "") -> None:
+def check_printable(expr, field: str, allow_complex: bool = True, where: str = "", text: str | None = None) -> None:
     """Refuse (SpecError naming `field` and the construct) anything a backend printer would refuse
     or that is not a finite float32 number: unknown functions, sums, integrals, relations, zoo/nan,
-    powers outside the printers' rule, and (for real quantities) the imaginary unit."""
-    found = f"found {where}: " if where else "found in: "
+    powers outside the printers' rule, and (for real quantities) the imaginary unit.
 
-    def refuse(what: str):
-        raise SpecError(f"{field}: {what} cannot be compiled; {found}{expr}")
+    `where` says which derived form `expr` is ("after differentiation with respect to dt"...); for
+    the formula itself, `text` (what the user wrote, when a string) tells a construct the user wrote
+    from one sympy made of it when reading it (sqrt(dt**2) is Abs(dt))."""
+    def refuse(what: str, node=None):
+        origin = where
+        if not origin:
+            origin = "in the formula"
+            if text is not None and node is not None and not _written(node, text):
+                origin = "in the formula as sympy evaluated it (not written as such)"
+        raise SpecError(f"{field}: {what} cannot be compiled; found {origin}: {expr}")
 
     for node in sympy.preorder_traversal(expr):
         if isinstance(node, sympy.Symbol) or node in (sympy.pi, sympy.E):
             continue
         if node is sympy.I:
             if not allow_complex:
-                refuse("the imaginary unit I on a real-A spec")
+                refuse("the imaginary unit I on a real-A spec", node)
             continue
         if node in (sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
-            refuse(f"{node} (a division by zero, an infinity or NaN)")
+            refuse(f"{node} (a division by zero, an infinity or NaN)", node)
         if node.is_Number:
             _check_number(node, refuse)
         elif node.is_Add or node.is_Mul:
             continue
         elif node.is_Pow:
             if not exponent_allowed(node.exp):
-                refuse(f"the power {node} (expected {POWER_RULE})")
+                refuse(f"the power {node} (expected {POWER_RULE})", node)
         elif isinstance(node, sympy.Function):
             name = type(node).__name__
             if name not in PRINTABLE_FUNCTIONS:
-                refuse(f"the function {name}(...) (expected one of {', '.join(PRINTABLE_FUNCTIONS)}, sqrt)")
+                refuse(f"the function {name}(...) (expected one of {', '.join(PRINTABLE_FUNCTIONS)}, sqrt)", node)
         else:
-            refuse(f"{type(node).__name__}(...)")
+            refuse(f"{type(node).__name__}(...)", node)
     _check_constants(expr, refuse)
+
+
+def _written(node, text: str) -> bool:
+    """Whether the user's text plausibly contains `node`'s construct (not one sympy made of it)."""
+    if isinstance(node, sympy.Function):
+        return f"{type(node).__name__}(" in text
+    if node.is_Pow:
+        return "**" in text or (node.exp == sympy.Rational(1, 2) and "sqrt(" in text)
+    return True
 
 
 def _check_number(node, refuse) -> None:
@@ -222,7 +250,7 @@ def _check_constants(expr, refuse) -> None:
 # A discretization formula as the compiler will see it
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def check_discretization(expr, field: str, a_complex: bool | None) -> None:
+def check_discretization(expr, field: str, a_complex: bool | None, text: str | None = None) -> None:
     """Check `expr` (in dt and A) and what the compiler derives from it: the simplified formula,
     its real and imaginary parts over real symbols (complex A), and the derivatives of each with
     respect to dt and A (A_re, A_im): the backward pass differentiates on real symbols.
@@ -231,16 +259,16 @@ def check_discretization(expr, field: str, a_complex: bool | None) -> None:
     derivatives for a real A, with I allowed. dt is any real number (the compiler assumes no more),
     so e.g. sqrt(dt) of a complex-A spec, whose parts need Abs and atan2, is refused."""
     _check_size(expr, field)
-    check_printable(expr, field, allow_complex=a_complex is not False)
-    for where, part, variables in _compiled_forms(expr, a_complex):
-        check_printable(part, field, allow_complex=not a_complex, where=where)
+    check_printable(expr, field, allow_complex=a_complex is not False, text=text)
+    for where, part, variables in _compiled_forms(expr, a_complex, field):
+        check_printable(part, field, allow_complex=not a_complex, where=where, text=text)
         for variable in variables:
             of = where.replace("in its", "of its")
             check_printable(sympy.diff(part, variable), field, allow_complex=not a_complex,
-                            where=_words(f"in its derivative with respect to {variable}", of))
+                            where=_words(f"after differentiation with respect to {variable}", of))
 
 
-def _compiled_forms(expr, a_complex):
+def _compiled_forms(expr, a_complex, field):
     """(where, real expression, variables it is differentiated by) for each form the compiler
     prints: the formula as written and simplified (ir/passes/discretize.py), split into simplified
     real and imaginary parts for a complex A (ir/passes/complex_split.py)."""
@@ -258,7 +286,9 @@ def _compiled_forms(expr, a_complex):
             yield stage, real, variables
             continue
         for label, part in zip(("real", "imaginary"), sympy.expand_complex(real).as_real_imag()):
-            yield _words(f"in its {label} part", stage), (sympy.simplify(part) if stage else part), variables
+            where = _words(f"in its {label} part", stage)
+            _check_part_size(part, field, where.replace("in its", "its"))
+            yield where, (sympy.simplify(part) if stage else part), variables
 
 
 def _words(*parts) -> str:
@@ -275,6 +305,29 @@ def _check_size(expr, field: str) -> None:
     if degree > MAX_NESTED_DEGREE:
         raise SpecError(f"{field}: nested powers multiply to degree {degree}, expected at most "
                         f"{MAX_NESTED_DEGREE}, in {expr}")
+    depth = _function_depth(expr)
+    if depth > MAX_FUNCTION_DEPTH:
+        raise SpecError(f"{field}: the formula is too deeply nested to check: exp/log/sin/cos nested {depth} deep, "
+                        f"expected at most {MAX_FUNCTION_DEPTH}, in {expr}")
+    nested = sum(1 for node in sympy.preorder_traversal(expr) if isinstance(node, sympy.Function)
+                 and any(isinstance(inner, sympy.Function) for arg in node.args for inner in sympy.preorder_traversal(arg)))
+    if nested > MAX_NESTED_CALLS:
+        raise SpecError(f"{field}: the formula is too deeply nested to check: {nested} calls of exp/log/sin/cos "
+                        f"have another inside, expected at most {MAX_NESTED_CALLS}, in {expr}")
+
+
+def _check_part_size(part, field: str, where: str) -> None:
+    """A complex A's real/imaginary parts grow with every function level: bound them before
+    simplify and diff, whose time grows faster still."""
+    operations = sympy.count_ops(part)
+    if operations > MAX_PART_OPERATIONS:
+        raise SpecError(f"{field}: the formula is too large to check: {where} has {operations} operations, "
+                        f"expected at most {MAX_PART_OPERATIONS}")
+
+
+def _function_depth(expr) -> int:
+    inner = max((_function_depth(arg) for arg in expr.args), default=0)
+    return inner + 1 if isinstance(expr, sympy.Function) else inner
 
 
 def _nested_degree(expr) -> int:

@@ -20,6 +20,12 @@ import sympy
 from . import formula
 from .errors import SpecError
 
+# What a user may ask ssmc.compile / `ssmc compile --schedule` / nn.S4D(schedule=...) for: a compile
+# option, never part of the spec; defined here, the leaf that both the IR (ir/schedule.py) and
+# ssmc.nn may import, so that the two lists cannot differ. "auto" leaves the choice to the cost
+# model (per call, where it depends on shape).
+SCHEDULES = ("auto", "scan", "conv")
+
 SELECTIVE_QUANTITIES = ("dt", "B", "C")
 MAX_NAME_LENGTH = 64        # the name goes into package and cache directory names
 
@@ -161,7 +167,8 @@ class Custom:
 
     Example: ``Custom(decay="exp(dt*A)", input_scale="dt/(1 - dt*A/2)")``. Strings are parsed
     without evaluating code (ssmc.formula); both formulas and their derivatives must use only what
-    every backend prints: exp, log, sin, cos, sqrt, + - * /, small integer powers, pi, E, I.
+    every backend prints: exp, log, sin, cos, sqrt, + - * /, integer powers from -4 to 4 and
+    half-integer ones from -9/2 to 9/2, pi, E, I; exp/log/sin/cos nested at most 3 deep.
     """
 
     decay: object
@@ -169,8 +176,9 @@ class Custom:
 
     def __post_init__(self):
         for name in ("decay", "input_scale"):
-            expr = _parse_formula(getattr(self, name), f"Custom.{name}")
-            formula.check_discretization(expr, f"Custom.{name}", None)
+            value = getattr(self, name)
+            expr = _parse_formula(value, f"Custom.{name}")
+            formula.check_discretization(expr, f"Custom.{name}", None, value if isinstance(value, str) else None)
             object.__setattr__(self, name, expr)
 
     def formulas(self):

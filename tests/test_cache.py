@@ -133,6 +133,18 @@ def test_unusable_cache_falls_back_once(fresh_cache, tmp_path, monkeypatch):
     assert cache.directory("packages") == packages
 
 
+def test_the_cache_warning_points_at_the_callers_line(fresh_cache, tmp_path, monkeypatch):
+    """Not at a line of ssmc (compiler.py): at the first frame outside it, here this test."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SSMC_CACHE_DIR", str(blocker / "cache"))
+    spec = ssmc.presets.mamba(d_state=4, name=f"pointed_{uuid.uuid4().hex[:8]}")
+    with pytest.warns(cache.CacheWarning) as caught:
+        line = sys._getframe().f_lineno + 1
+        compiler.compile_package(spec)
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+
+
 @pytest.mark.parametrize("where", ["", "packages", "c"])
 @pytest.mark.parametrize("mode", [0o775, 0o757])
 def test_a_cache_others_can_write_is_refused(fresh_cache, where, mode):
@@ -396,6 +408,94 @@ def test_orphaned_temporaries_are_cleaned(tmp_path, monkeypatch):
     cbuild.compile_library(ANSWER.replace("ANSWER", "3"), "orphans")
     assert not any(path.exists() for path in orphans)
     assert all(path.exists() for path in keep)
+
+
+def test_only_ssmcs_own_temporaries_are_removed(tmp_path):
+    """With SSMC_CACHE_DIR=$HOME, ~/c/ is the user's: a name like an old mkstemp one
+    (`.notes-abcdefgh`) is not enough; ssmc removes `.ssmc-tmp-` files and flat directories, and the
+    exact `.kernels_c-XXXXXXXX.so/.c` files of older versions in c/, never anything else."""
+    old = time.time() - 2 * cache.ORPHAN_AGE_S
+    removed, kept = [], []
+    for kind in ("packages", "c"):
+        directory = tmp_path / kind
+        directory.mkdir()
+        (directory / ".notes-abcdefgh").mkdir()
+        (directory / ".notes-abcdefgh" / "mine.txt").write_text("precious")
+        (directory / ".todo-abcdefgh.c").write_text("precious")
+        (directory / ".kernels_c-abcdefgh").mkdir()                      # a legacy-like directory
+        (directory / ".ssmc-tmp-nested").mkdir()                          # ssmc's are flat
+        (directory / ".ssmc-tmp-nested" / "sub").mkdir()
+        (directory / ".ssmc-tmp-link").symlink_to(directory / ".notes-abcdefgh")
+        (directory / ".ssmc-tmp-stage-x1").mkdir()
+        (directory / ".ssmc-tmp-stage-x1" / "__init__.py").write_text("")
+        (directory / ".ssmc-tmp-probe-x2").write_text("")
+        (directory / ".kernels_c-a1b2c3d4.so").write_text("")
+        kept += [directory / name for name in (".notes-abcdefgh", ".notes-abcdefgh/mine.txt", ".todo-abcdefgh.c",
+                                               ".kernels_c-abcdefgh", ".ssmc-tmp-nested/sub", ".ssmc-tmp-link")]
+        removed += [directory / ".ssmc-tmp-stage-x1", directory / ".ssmc-tmp-probe-x2"]
+        (kept if kind == "packages" else removed).append(directory / ".kernels_c-a1b2c3d4.so")
+        for path in directory.iterdir():
+            os.utime(path, (old, old), follow_symlinks=False)
+        cache.clean_orphans(directory)
+    assert [path for path in removed if os.path.lexists(path)] == []
+    assert [path for path in kept if not os.path.lexists(path)] == []
+
+
+def test_build_message_levels(tmp_path):
+    """ssmc sets no logger level: unconfigured, the line is on stderr; a configured root logger's
+    level decides (WARNING hides it, INFO shows it once); setLevel(WARNING) on `ssmc` silences it."""
+    script = """
+        import logging, sys
+        from ssmc.runtime import cache
+        def step(name):
+            print(f"--{name}--", file=sys.stderr, flush=True)
+            cache.announce("building %s", name)
+        step("unconfigured")
+        logging.basicConfig(level=logging.WARNING)
+        step("basic-warning")
+        logging.basicConfig(level=logging.INFO, force=True)
+        step("basic-info")
+        logging.getLogger("ssmc").setLevel(logging.WARNING)
+        step("basic-info-ssmc-warning")
+        logging.root.handlers.clear()                    # unconfigured again, ssmc still at WARNING
+        logging.root.setLevel(logging.WARNING)
+        step("ssmc-warning")
+        print("--end--", file=sys.stderr, flush=True)
+    """
+    err = python(script).stderr
+    parts = dict(re.findall(r"--([a-z-]+)--\n(.*?)(?=--[a-z-]+--)", err, re.S))
+    assert parts == {"unconfigured": "ssmc: building unconfigured\n", "basic-warning": "",
+                     "basic-info": "INFO:ssmc.build:building basic-info\n", "basic-info-ssmc-warning": "",
+                     "ssmc-warning": ""}, err
+
+
+def test_a_cc_that_is_not_found_warns_once_and_names_the_compiler_used(monkeypatch):
+    missing = f"ssmc-no-such-cc-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CC", f"{missing} -O2")
+    monkeypatch.setattr(backend.shutil, "which", lambda name: "/usr/bin/gcc" if name == "gcc" else None)
+    with pytest.warns(backend.CompilerWarning, match=re.escape(f"CC='{missing} -O2' names no program found on "
+                                                               f"PATH; using /usr/bin/gcc instead")) as caught:
+        line = sys._getframe().f_lineno + 1
+        assert backend.c_compiler() == ("/usr/bin/gcc",)
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # once per CC value
+        assert backend.c_compiler() == ("/usr/bin/gcc",)
+    monkeypatch.setenv("CC", missing)
+    monkeypatch.setattr(backend.shutil, "which", lambda name: None)
+    with pytest.warns(backend.CompilerWarning, match="no other C compiler .* so the torch backend is used"):
+        assert backend.c_compiler() is None
+
+
+def test_sha256_file_hashes_regular_files_only(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    assert cache.sha256_file(tmp_path / "f") == cache.sha256_bytes(b"abc") == \
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert [cache.sha256_file(tmp_path / name) for name in ("link", "d", "fifo", "absent")] == [None] * 4
 
 
 @needs_cc

@@ -76,8 +76,8 @@ def test_schedule_option_help_and_refusals(tmp_path):
     result = run("-m", "ssmc", "compile", "examples/mamba.py", "--schedule", "conv", "-o", str(tmp_path / "out"),
                  check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "ssmc: error: mamba (spec 'mamba'): schedule='conv' for %h: an FFT convolution needs a time-invariant" \
-        in result.stderr
+    assert "ssmc: error: mamba (spec 'mamba'): schedule='conv'" in result.stderr
+    assert "an FFT convolution needs a time-invariant" in result.stderr
     assert not (tmp_path / "out" / "mamba").exists()
 
 

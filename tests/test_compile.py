@@ -67,8 +67,9 @@ def test_the_schedule_is_a_compile_option_outside_the_spec_hash():
 
 
 def test_conv_on_a_selective_spec_names_the_precondition():
-    with pytest.raises(ssmc.ScheduleError, match=r"schedule='conv' for %h: an FFT convolution needs a "
-                                                 r"time-invariant recurrence and readout, but .*vary over len"):
+    with pytest.raises(ssmc.ScheduleError, match=r"schedule='conv': the spec's selective=\('dt', 'B', 'C'\) makes "
+                                                 r"the decay, .* vary over time, and an FFT convolution needs a "
+                                                 r"time-invariant layer \(selective=\(\)\); use schedule='scan' or 'auto'"):
         ssmc.compile(ssmc.presets.mamba(d_state=4, name="mamba_conv"), schedule="conv")
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,83 @@ def test_an_old_version_that_cannot_be_removed_is_reported(tmp_path, monkeypatch
     assert (directory / "__init__.py").read_text() == "new = 1\n"
     aside, = [p for p in tmp_path.iterdir() if p.name != "pkg"]
     assert (aside / "__init__.py").read_text() == "old = 1\n"
+
+
+@pytest.mark.parametrize("replace", ["directory", "symlink to a copy", "symlink to a directory"])
+def test_a_generated_file_replaced_by_something_else_is_a_change(tmp_path, capsys, replace):
+    """Only a deleted generated file is nothing lost: a directory or a symbolic link in its place is
+    the user's (the reported case: graph.json replaced by a directory holding mine.txt was deleted)."""
+    out = tmp_path / "build"
+    assert compile_cli(capsys, spec_file(tmp_path), "-o", out)[0] == 0
+    name = "graph.json" if replace == "directory" else "ir.txt"
+    path = out / "src" / name
+    if replace == "directory":
+        path.unlink()
+        path.mkdir()
+        (path / "mine.txt").write_text("precious\n")
+    else:
+        target = tmp_path / ("copy.txt" if replace == "symlink to a copy" else "mydir")
+        if replace == "symlink to a copy":
+            target.write_bytes(path.read_bytes())      # even the same bytes: a link is not ssmc's file
+        else:
+            target.mkdir()
+            (target / "mine.txt").write_text("precious\n")
+        path.unlink()
+        path.symlink_to(target)
+    for _ in range(2):                                  # a refusal changes nothing, so it refuses again
+        code, _, err = compile_cli(capsys, spec_file(tmp_path), "-o", out)
+        assert code == 2 and f"files changed since ssmc wrote them: {name}" in err and "--force" in err, err
+    if replace == "directory":
+        assert (path / "mine.txt").read_text() == "precious\n"
+    else:
+        assert path.is_symlink() and path.resolve() == target.resolve()
+    assert sorted(os.listdir(out)) == ["src"], "staging left behind"
+
+
+def test_a_failed_write_of_any_kind_leaves_no_staging_directory(tmp_path):
+    with pytest.raises(TypeError):                      # not an OSError: still cleaned up
+        compiler._stage(tmp_path, "pkg", {"__init__.py": "", "bad.py": 1}, "{}", compiler.cache.output_mode)
+    assert os.listdir(tmp_path) == []
+
+
+def test_packages_are_utf8_whatever_the_locale(tmp_path):
+    """The sources hold `·` and `Σ`, the marker hashes UTF-8 bytes: an ASCII locale (no coercion, no
+    UTF-8 mode) compiled nothing before, raised a raw UnicodeEncodeError and left a staging directory."""
+    # ASCII only: the command line is decoded in the locale's encoding
+    script = """
+        import locale, os, pathlib, sys
+        encoding = locale.getpreferredencoding(False)
+        assert encoding.lower() in ("ascii", "ansi_x3.4-1968"), encoding
+        os.environ["SSMC_CACHE_DIR"] = sys.argv[2]
+        import ssmc
+        from ssmc import cli
+        from ssmc.compiler import compile_package, read_marker, _changed_files
+        spec = ssmc.presets.s4d(d_state=4, name="s4d_locale")
+        package = compile_package(spec)
+        directory = os.path.dirname(package.__file__)
+        assert not _changed_files(pathlib.Path(directory), read_marker(directory), True)
+        texts = [open(os.path.join(directory, name), encoding="utf-8").read()
+                 for name in read_marker(directory)["files"]]
+        assert not "".join(texts).isascii(), "no non-ASCII text generated: this test would prove nothing"
+        spec_path = os.path.join(sys.argv[1], "spec.py")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            f.write("# coding: utf-8\\n# \\u03a3\\u00b7\\nimport ssmc\\ns = ssmc.presets.s4d(d_state=4, name='s')\\n"
+                    "t = ssmc.presets.s4d(d_state=0)\\n")
+        assert cli.main(["explain", spec_path]) == 2        # the error names the variable (read as UTF-8)
+        with open(spec_path, "w", encoding="utf-8") as f:
+            f.write("# coding: utf-8\\n# \\u03a3\\u00b7\\nimport ssmc\\ns = ssmc.presets.s4d(d_state=4, name='s')\\n")
+        out = os.path.join(sys.argv[1], "out")
+        for _ in range(2):                                   # the second replaces the first: its marker checks out
+            assert cli.main(["compile", spec_path, "-o", out]) == 0
+        print(sorted(os.listdir(os.path.join(sys.argv[2], "packages"))), sorted(os.listdir(out)))
+    """
+    env = {**os.environ, "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C", "SSMC_BACKEND": "torch"}
+    env.pop("PYTHONUTF8", None)
+    result = subprocess.run([sys.executable, "-X", "utf8=0", "-c", textwrap.dedent(script), str(tmp_path),
+                             str(tmp_path / "cache")], capture_output=True, text=True, encoding="utf-8", cwd=ROOT,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "spec.py:5 (variable t)" in result.stderr, result.stderr
+    assert result.stdout.strip().endswith("['s']"), result.stdout
+    packages = result.stdout.strip().splitlines()[-1]
+    assert ".ssmc-tmp-" not in packages and "s4d_locale_" in packages, packages

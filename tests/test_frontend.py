@@ -108,7 +108,8 @@ def test_mamba_input_errors_use_batch_len_d_model():
     (dict(d_model=4, schedule="fast"), r"schedule: expected one of 'auto', 'scan', 'conv', got 'fast'"),
 ])
 def test_s4d_constructor_errors(kwargs, message):
-    with pytest.raises(ssmc.SpecError, match=message):
+    error = ssmc.ScheduleError if "schedule" in kwargs else ssmc.SpecError      # as ssmc.compile raises
+    with pytest.raises(error, match=message):
         S4D(**kwargs)
 
 
@@ -253,7 +254,8 @@ def test_mamba_initial_state_and_last_state_match_the_reference():
     m = Mamba(8, d_state=4)
     x = torch.randn(2, 11, 8)
     h0 = torch.randn(2, 16, 4, requires_grad=True)
-    y, last = m(x, initial_state=h0, return_last_state=True)
+    y, (last, window) = m(x, initial_state=h0, return_last_state=True)
+    assert window.shape == (2, 16, 3)
     s = {k: v.detach().double() if isinstance(v, torch.Tensor) else v for k, v in m.ssm_inputs(x).items()}
     ref_y, ref_last = selective_scan_ref(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], s["z"],
                                          s["delta_bias"], delta_softplus=True, initial_state=h0,
@@ -303,3 +305,54 @@ def test_lti_kernel_op_matches_reference():
     with pytest.raises(ssmc.ShapeError, match=r"B: expected \(3, 4\) = \(H, N\), got \(3, 5\)"):
         ops.lti_kernel(x["delta"], x["A"], torch.randn(3, 5, dtype=torch.cfloat), x["C"], 20)
     assert not math.isnan(K.sum().item())
+
+
+def test_schedule_errors_are_schedule_errors_everywhere(backend):
+    """nn.S4D checks `schedule` against the same list, with the same error type, as ssmc.compile; a
+    conv-only compiled layer asked for states raises ScheduleError, not a plain ValueError."""
+    import re
+
+    from ssmc.compiler import compile_package
+    backend("torch")
+    for schedule in ("bogus", "Conv", None):
+        with pytest.raises(ssmc.ScheduleError, match=re.escape("schedule: expected one of 'auto', 'scan', 'conv'")):
+            S4D(8, d_state=4, schedule=schedule)
+        with pytest.raises(ssmc.ScheduleError):
+            ssmc.compile(ssmc.presets.s4d(4, name="s4d_bogus"), schedule=schedule)
+    package = compile_package(ssmc.SSM("lti_conv_only", 4, A=ssmc.Diagonal(real=False), skip_D=False), "conv")
+    inputs = scan_inputs(batch=1, dim=3, length=5, n_state=4, complex_state=True, selective=())
+    args = [inputs[n] for n in ("u", "delta", "A", "B", "C")]
+    for kwargs in (dict(return_last_state=True), dict(initial_state=torch.zeros(1, 3, 4, dtype=torch.complex64))):
+        with pytest.raises(ssmc.ScheduleError, match="compiled with schedule='conv'"):
+            package.apply(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "c"])
+def test_mamba_resumes_a_sequence_through_the_block(backend, backend_name):
+    """The state return_last_state gives (SSM state and the convolution's last d_conv - 1 inputs)
+    resumes the sequence: 6 + 6 steps, or 5 + 0 + 7, equal 12 in one call (before: the conv window
+    restarted from zero padding, off by ~0.05), and gradients flow through the carried state."""
+    from ssmc.runtime.backend import c_compiler
+    if backend_name == "c" and c_compiler() is None:
+        pytest.skip("no C compiler")
+    backend(backend_name)
+    torch.manual_seed(7)
+    m = Mamba(8, d_state=4)
+    x = torch.randn(2, 12, 8, requires_grad=True)
+    y, (h, window) = m(x, return_last_state=True)
+    assert h.shape == (2, 16, 4) and window.shape == (2, 16, 3)
+    y1, state = m(x[:, :6], return_last_state=True)
+    y2, (h2, window2) = m(x[:, 6:], initial_state=state, return_last_state=True)
+    assert rel_error(torch.cat([y1, y2], 1), y) < 1e-5 and rel_error(h2, h) < 1e-5 and rel_error(window2, window) < 1e-6
+    parts, state = [], None
+    for chunk in (x[:, :5], x[:, 5:5], x[:, 5:]):
+        out, state = m(chunk, initial_state=state, return_last_state=True)
+        parts.append(out)
+    assert rel_error(torch.cat(parts, 1), y) < 1e-5 and rel_error(state[0], h) < 1e-5
+    g, = grads([torch.cat([y1, y2], 1)], [x])
+    g_ref, = grads([y], [x])
+    assert rel_error(g, g_ref) < 1e-5
+    # a tensor is the SSM state alone (zero conv window), as before; a malformed pair is refused
+    assert torch.allclose(m(x[:, 6:], initial_state=h2), m(x[:, 6:], initial_state=(h2, torch.zeros(2, 16, 3))))
+    with pytest.raises(ssmc.ShapeError, match=r"conv_state.*expected shape \(batch=2, d_inner=16, d_conv - 1=3\)"):
+        m(x[:, 6:], initial_state=(h2, torch.zeros(2, 16, 4)))

@@ -101,8 +101,17 @@ def test_dump_is_readable():
 def test_time_varying_readout_alone_rules_out_the_convolution():
     spec = ssmc.SSM("c_only", 4, selective=("C",))
     assert [d.algorithm for d in lower(spec).schedule.decisions] == ["scan"]
-    with pytest.raises(ssmc.ScheduleError, match="time-invariant"):
+    with pytest.raises(ssmc.ScheduleError, match=r"the spec's selective=\('C',\) makes the readout \(C\) vary over "
+                                                 r"time.* time-invariant layer \(selective=\(\)\); use schedule='scan' or 'auto'"):
         lower(spec, schedule="conv")
+
+
+def test_conv_on_a_selective_spec_names_the_spec_fields_not_ir_values():
+    with pytest.raises(ssmc.ScheduleError) as info:
+        lower(SPECS["mamba"], schedule="conv")
+    message = str(info.value)
+    assert "selective=('dt', 'B', 'C')" in message and "decay" in message and "'scan' or 'auto'" in message
+    assert "%" not in message and "len" not in message, message
 
 
 def test_derive_backward_dump_shows_the_gradient_formulas_not_the_fuse_section_again():
@@ -116,3 +125,26 @@ def test_derive_backward_dump_shows_the_gradient_formulas_not_the_fuse_section_a
     plan = lower(SPECS["mamba"]).graph.of_kind(Fused)[0].plan
     for target, expr in plan.grad_discretize_block:
         assert f"      {target} = {expr}" in backward
+
+
+def test_use_expm1_rewrites_scaled_and_reordered_exp_minus_one():
+    from ssmc.ir.functions import expm1, use_expm1
+    a, dt = sympy.symbols("A dt", real=True)
+    e = sympy.exp(a * dt)
+    assert use_expm1((2 * e - 2) / a) == 2 * expm1(a * dt) / a
+    assert use_expm1(1 - e) == -expm1(a * dt)
+    assert use_expm1(3 * e - 3 + dt) == 3 * expm1(a * dt) + dt
+    assert use_expm1(e / 2 - sympy.Rational(1, 2)) == expm1(a * dt) / 2
+    assert use_expm1(e + 2) == e + 2 and use_expm1(2 * e - 1) == 2 * e - 1
+    from ssmc.ir.passes.discretize import _rename
+    custom = ssmc.Custom(decay="exp(dt*A)", input_scale="(2*exp(dt*A) - 2)/A")
+    scale = _rename(custom.input_scale, "dt", "A", False)         # as the discretization pass writes it
+    assert scale.atoms(expm1) and not scale.atoms(sympy.exp), scale
+
+
+def test_ir_functions_has_one_registry_listing_every_ir_function():
+    from ssmc.ir import functions, graph
+    defined = {name for name, obj in vars(functions).items()
+               if isinstance(obj, type) and issubclass(obj, sympy.Function) and obj.__module__ == functions.__name__}
+    assert set(functions.IR_FUNCTIONS) == defined
+    assert not hasattr(graph, "ir_functions")

@@ -81,6 +81,20 @@ def test_zoh_small_steps_keep_float32_precision(backend, name, complex_state):
         assert rel_error(y, _reference(spec, inputs, ZOH_REF)) < 1e-6, (name, dt)
 
 
+@pytest.mark.parametrize("scale, factor", [("(2*exp(dt*A) - 2)/A", 2), ("(3 - 3*exp(dt*A))/A", -3)])
+def test_scaled_exp_minus_one_keeps_float32_precision(backend, scale, factor):
+    """c·exp(x) − c, however the user scaled or ordered it, is computed as c·expm1(x) too (before:
+    only a bare exp(x) − 1 was, and (2·exp(dt A) − 2)/A lost ~2e-2 at dt = 1e-6)."""
+    backend("torch")
+    spec = ssmc.SSM("scaled_expm1", 4, discretization=ssmc.Custom(decay="exp(dt*A)", input_scale=scale),
+                    selective=("dt", "B", "C"), skip_D=False)
+    for dt in (1e-4, 1e-6):
+        inputs = scan_inputs(batch=1, dim=3, length=5, n_state=4)
+        inputs["delta"] = dt * (1 + torch.rand_like(inputs["delta"]))
+        reference = (ZOH_REF[0], lambda dt, A: factor * _zoh_scale(dt, A))
+        assert rel_error(_apply(spec, inputs), _reference(spec, inputs, reference)) < 1e-6, (scale, dt)
+
+
 @pytest.mark.parametrize("schedule", ["scan", "conv"])
 @pytest.mark.parametrize("name", BACKENDS)
 def test_zoh_small_steps_time_invariant(backend, name, schedule):

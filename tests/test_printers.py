@@ -86,3 +86,24 @@ def test_half_integer_powers_evaluate_like_sympy():
                         "y": torch.tensor(-0.4, dtype=torch.float64)})
     assert abs(float(value) - float(expr.subs({x: 1.7, y: -0.4}))) < 1e-12
     assert "pow" not in CPrinter().doprint(expr) and CPrinter().doprint(expr).count("sqrtf") == 3
+
+
+@pytest.mark.parametrize("printer", [CPrinter(), TritonPrinter(), TorchPrinter()], ids=["c", "triton", "torch"])
+def test_only_sympy_objects_are_printed(printer):
+    """A string would have to be sympified, which evaluates Python: refused, never evaluated."""
+    for value in ("__import__('os').getcwd()", "x + 1", 1.5, None):
+        with pytest.raises(UnsupportedExpression, match="prints sympy expressions only"):
+            printer.doprint(value)
+
+
+def test_constant_functions_print_as_numbers_in_the_tensor_printers():
+    """exp(-1) (1/E, as in pi/E) is a Python float to torch.exp and tl.exp, which take tensors."""
+    import math
+
+    import torch
+    expr = sympy.pi / sympy.E * x + sympy.log(sympy.Rational(1, 2)) * sympy.exp(x) + sympy.E
+    text = TorchPrinter().doprint(expr)
+    assert "exp(-1" not in text and "log(" not in text.replace("torch.log1p", ""), text
+    value = eval(text, {"torch": torch, "x": torch.tensor(0.3, dtype=torch.float64)})
+    assert abs(float(value) - (math.pi / math.e * 0.3 + math.log(0.5) * math.exp(0.3) + math.e)) < 1e-12
+    assert "exp(-1" not in TritonPrinter().doprint(expr)

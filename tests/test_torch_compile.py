@@ -3,8 +3,9 @@ from several threads at once.
 
 Each test runs in a fresh process with an empty SSMC_CACHE_DIR and no eager warm-up, so that the
 first traced call is also the first time the spec is seen: compiling the package must happen outside
-the trace (or before it), never as a graph break. Inductor compiles for tens of seconds on a CPU:
-one inductor test only.
+the trace (or before it), never as a graph break. The eager-backend test runs on the generated
+PyTorch kernels and on the C kernels (the CPU default). Inductor compiles for tens of seconds on a
+CPU: one inductor test only.
 """
 import os
 import subprocess
@@ -12,7 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from ssmc.runtime.backend import c_compiler
+
 ROOT = Path(__file__).resolve().parents[1]
+needs_cc = pytest.mark.skipif(c_compiler() is None and not os.environ.get("CI"), reason="no C compiler")
 
 PRELUDE = """
 import os, sys, tempfile
@@ -30,16 +36,19 @@ def check(name, compiled, eager, tol=1e-5):
 """
 
 
-def run_fresh(body: str, timeout=300):
+def run_fresh(body: str, timeout=300, backend="torch"):
     script = PRELUDE + textwrap.dedent(body) + "\nprint('ok')\n"
-    env = {**os.environ, "SSMC_BACKEND": "torch"}
+    env = {**os.environ, "SSMC_BACKEND": backend}
     env.pop("SSMC_CACHE_DIR", None)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=timeout)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
 
 
-def test_eager_backend_first_call_layers_and_ops():
+@pytest.mark.parametrize("backend", ["torch", pytest.param("c", marks=needs_cc)])
+def test_eager_backend_first_call_layers_and_ops(backend):
+    """On the generated PyTorch kernels and on the C kernels (the default on CPU), whose libraries are
+    built on that first call too."""
     run_fresh("""
         torch.manual_seed(0)
         # ops first: their packages are not compiled by any constructor
@@ -71,7 +80,7 @@ def test_eager_backend_first_call_layers_and_ops():
         s4d = S4D(4, d_state=8, transposed=False)
         x = torch.randn(2, 16, 4)
         check("S4D", torch.compile(s4d, fullgraph=True, backend="eager")(x)[0], s4d(x)[0])
-    """)
+    """, backend=backend)
 
 
 def test_inductor_first_call_mamba():

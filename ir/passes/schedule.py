@@ -23,6 +23,22 @@ def _time_varying_operands(graph: Graph, scan: Scan, readouts) -> list:
     return [op.name for op in operands if "len" in op.shape]
 
 
+# the graph's time-varying inputs, by the spec field a user names in `selective`
+_SPEC_FIELDS = {"delta": "dt", "B": "B", "C": "C"}
+
+
+def _conv_refusal(graph: Graph, scan: Scan, varying: list) -> str:
+    """Why schedule='conv' cannot apply, in the spec's words (its `selective` fields and what they
+    make vary), not the IR's value names."""
+    selective = tuple(field for name, field in _SPEC_FIELDS.items()
+                      if name in graph and "len" in (graph.op(name).shape or ()))
+    roles = {scan.inputs[0]: "decay", scan.inputs[1]: "input scale", scan.inputs[2]: "input (B)"}
+    what = [roles.get(name, "readout (C)") for name in varying]
+    return (f"schedule='conv': the spec's selective={selective!r} makes the {', '.join(what)} vary over "
+            f"time, and an FFT convolution needs a time-invariant layer (selective=()); "
+            f"use schedule='scan' or 'auto'")
+
+
 def _log(decay: sympy.Expr) -> sympy.Expr:
     """log(decay) for a^l = exp(l·log a). ZOH's log(exp(dt·A)) is dt·A: no log is ever computed. Any
     other decay keeps one principal log: splitting it into a sum of logs (Bilinear's ratio
@@ -70,10 +86,7 @@ def choose_schedule(graph: Graph, ctx) -> Graph:
         varying = _time_varying_operands(graph, scan, readouts)
         if varying:
             if ctx.request == "conv":
-                raise ScheduleError(f"schedule='conv' for %{scan.name}: an FFT convolution needs a time-invariant "
-                                    f"recurrence and readout, but {', '.join(varying)} "
-                                    f"{'varies' if len(varying) == 1 else 'vary'} over len (a selective "
-                                    f"layer has only the scan); expected schedule='scan' or 'auto'")
+                raise ScheduleError(_conv_refusal(graph, scan, varying))
             ctx.schedule = ctx.schedule.with_decision(Decision(
                 scan.name, "scan", "selective: an operand varies over time, no convolution form",
                 {"scan": str(scan_cost)}))

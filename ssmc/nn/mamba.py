@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import SpecError
+from ..errors import ShapeError, SpecError
 from ..runtime import init as initializers
 from ..runtime.calls import check_choice, check_dt_range, check_int, check_layer_input, check_number, dt_rank_of
 
@@ -74,35 +74,60 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
         self.D._no_weight_decay = True
 
-    def ssm_inputs(self, hidden):
+    def ssm_inputs(self, hidden, conv_state=None):
         """The selective scan's operands (u, delta, A, B, C, D, z, delta_bias) for `hidden`
-        (batch, len, d_model): u, delta, z (batch, d_inner, len); B, C (batch, d_state, len)."""
+        (batch, len, d_model): u, delta, z (batch, d_inner, len); B, C (batch, d_state, len).
+        `conv_state` (batch, d_inner, d_conv - 1): the convolution's inputs before the first step
+        (zero padding if None)."""
+        return self._ssm_inputs(hidden, conv_state)[0]
+
+    def _ssm_inputs(self, hidden, conv_state):
+        """(the scan's operands, the convolution window after the last step)."""
         batch, length, _ = hidden.shape
         xz = self.in_proj(hidden).transpose(1, 2)                       # (batch, 2·d_inner, len)
         x, z = xz.chunk(2, dim=1)
-        if length > 0:                                                  # conv1d refuses empty sequences
-            x = self.conv1d(x)[..., :length]                            # causal: drop the right tail
+        if conv_state is None:
+            conv_state = x.new_zeros(batch, self.d_inner, self.d_conv - 1)
+        window = torch.cat([conv_state.to(x.dtype), x], dim=-1)          # (batch, d_inner, d_conv - 1 + len)
+        if length > 0:                                                  # conv1d refuses inputs shorter than its kernel
+            # causal depthwise convolution over [window before, x]: the same as conv1d's zero left
+            # padding when the window is zero, and it resumes a sequence when it is not
+            x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
         x = F.silu(x)
         dt_low, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state],
                                    dim=-1)
         delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)      # bias goes to the scan
         A = -torch.exp(self.A_log.float())
-        return dict(u=x, delta=delta, A=A, B=B.transpose(1, 2), C=C.transpose(1, 2), D=self.D.float(), z=z,
-                    delta_bias=self.dt_proj.bias.float())
+        inputs = dict(u=x, delta=delta, A=A, B=B.transpose(1, 2), C=C.transpose(1, 2), D=self.D.float(), z=z,
+                      delta_bias=self.dt_proj.bias.float())
+        return inputs, window[..., window.shape[-1] - (self.d_conv - 1):]
 
     def forward(self, hidden, initial_state=None, return_last_state=False):
-        """hidden: (batch, len, d_model). initial_state: the SSM state before the first step,
-        (batch, d_inner, d_state) (zero if None; the convolution's window always starts from zero
-        padding). Returns (batch, len, d_model), and with return_last_state also the SSM state after
-        the last step (batch, d_inner, d_state)."""
+        """hidden: (batch, len, d_model). Returns (batch, len, d_model), and with return_last_state
+        also the block's state after the last step: the pair (ssm_state, conv_state), ssm_state
+        (batch, d_inner, d_state) the SSM's state and conv_state (batch, d_inner, d_conv - 1) the last
+        inputs of the causal convolution.
+
+        initial_state: the state before the first step. Pass the pair a previous call returned to
+        resume a sequence (two calls on 6 + 6 steps give what one call on 12 gives); a single tensor
+        is the SSM state alone, with the convolution starting from zero padding; None: zero state."""
         check_layer_input("hidden", hidden, ("batch", "len", "d_model"), {"d_model": self.d_model})
-        if initial_state is not None:
-            check_layer_input("initial_state", initial_state, ("batch", "d_inner", "d_state"),
-                              {"batch": hidden.shape[0], "d_inner": self.d_inner, "d_state": self.d_state})
-        s = self.ssm_inputs(hidden)
+        batch = hidden.shape[0]
+        ssm_state, conv_state = initial_state, None
+        if isinstance(initial_state, (tuple, list)):
+            if len(initial_state) != 2:
+                raise ShapeError(f"initial_state: expected a tensor (the SSM state) or the pair (ssm_state, "
+                                 f"conv_state) that return_last_state gave, got a sequence of {len(initial_state)}")
+            ssm_state, conv_state = initial_state
+            check_layer_input("initial_state[1] (conv_state)", conv_state, ("batch", "d_inner", "d_conv - 1"),
+                              {"batch": batch, "d_inner": self.d_inner, "d_conv - 1": self.d_conv - 1})
+        if ssm_state is not None:
+            check_layer_input("initial_state", ssm_state, ("batch", "d_inner", "d_state"),
+                              {"batch": batch, "d_inner": self.d_inner, "d_state": self.d_state})
+        s, last_window = self._ssm_inputs(hidden, conv_state)
         out = ops.selective_scan_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], z=s["z"],
-                                    delta_bias=s["delta_bias"], delta_softplus=True, initial_state=initial_state,
+                                    delta_bias=s["delta_bias"], delta_softplus=True, initial_state=ssm_state,
                                     return_last_state=return_last_state)
         y, last = out if return_last_state else (out, None)
         y = self.out_proj(y.transpose(1, 2))
-        return (y, last) if return_last_state else y
+        return (y, (last, last_window)) if return_last_state else y

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import SpecError
+from ..errors import ScheduleError, SpecError
 from ..presets import conjugate_pairs
 from ..runtime import init as initializers
 from ..runtime.calls import check_choice, check_dt_range, check_int, check_layer_input, check_number
+from ..spec import SCHEDULES
 
 INITS = {"lin": initializers.s4d_lin, "inv": initializers.s4d_inv}
 
@@ -81,7 +82,7 @@ class S4D(nn.Module):
         check_number("dropout", dropout, inclusive=True)
         if dropout >= 1:
             raise SpecError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        check_choice("schedule", schedule, ("auto", "scan", "conv"))
+        check_choice("schedule", schedule, SCHEDULES, error=ScheduleError)     # as ssmc.compile does
         self.h = check_int("d_model", d_model)
         self.n = d_state
         self.d_output = self.h

@@ -2,17 +2,26 @@
 fallback where no C compiler exists. `SSMC_BACKEND=triton|c|torch` forces one (CI runs the Triton
 kernels on CPU tensors under TRITON_INTERPRET=1 this way).
 
-`CC` may carry arguments (`CC="ccache gcc"`, `CC="gcc -m64"`): it is split as a shell would split it."""
+`CC` may carry arguments (`CC="ccache gcc"`, `CC="gcc -m64"`): it is split as a shell would split it.
+A `CC` whose program is not found is not fatal (CC is often set for other tools, and any C compiler
+builds the same kernels): ssmc warns once per CC value, with a `CompilerWarning` that names CC and the
+compiler used instead (the first of cc, gcc, clang on PATH; or none, and then the torch backend)."""
 from __future__ import annotations
 
 import functools
 import os
 import shlex
 import shutil
+import warnings
 
 from ..errors import SSMCError
+from .cache import user_stacklevel
 
 BACKENDS = ("triton", "c", "torch")
+
+
+class CompilerWarning(UserWarning):
+    """`$CC` names a program that is not found; ssmc uses another C compiler (or none)."""
 
 
 def c_compiler() -> tuple | None:
@@ -23,18 +32,23 @@ def c_compiler() -> tuple | None:
 
 @functools.lru_cache(maxsize=None)
 def _find_compiler(cc: str) -> tuple | None:
-    candidates = [("cc",), ("gcc",), ("clang",)]
-    if cc.strip():
-        try:
-            candidates.insert(0, tuple(shlex.split(cc)))
-        except ValueError as exc:
-            raise SSMCError(f"CC={cc!r} cannot be split into words ({exc}); quote it as in a shell, "
-                            f"e.g. CC='ccache gcc'") from exc
-    for words in candidates:
-        found = shutil.which(words[0]) if words else None
-        if found:
-            return (found, *words[1:])
-    return None
+    defaults = [("cc",), ("gcc",), ("clang",)]
+    fallback = next(((found, *words[1:]) for words in defaults if (found := shutil.which(words[0]))), None)
+    if not cc.strip():
+        return fallback
+    try:
+        words = tuple(shlex.split(cc))
+    except ValueError as exc:
+        raise SSMCError(f"CC={cc!r} cannot be split into words ({exc}); quote it as in a shell, "
+                        f"e.g. CC='ccache gcc'") from exc
+    found = shutil.which(words[0]) if words else None
+    if found:
+        return (found, *words[1:])
+    instead = (f"using {fallback[0]} instead" if fallback is not None else
+               "no other C compiler (cc, gcc, clang) is on PATH either, so the torch backend is used")
+    warnings.warn(f"ssmc: CC={cc!r} names no program found on PATH; {instead}. Set CC to an installed C "
+                  f"compiler, or unset it.", CompilerWarning, stacklevel=user_stacklevel())
+    return fallback
 
 
 def triton_interpreted() -> bool:

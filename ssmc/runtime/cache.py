@@ -1,7 +1,8 @@
 """Where ssmc keeps what it generates, and when it may use it.
 
-    <root>/packages/<spec name>_<spec hash>_<compiler hash>/   generated packages (compiler.py)
-    <root>/c/<name>-<key>.json, <name>-<key>-<sha256>.so      C libraries and their manifests (cbuild.py)
+    <root>/packages/<spec name>_<spec hash>_<schedule>_<compiler hash>[.1 ... .8]/   generated packages
+                                                                         (compiler.py)
+    <root>/c/<name>-<key>.json, <name>-<key>-<sha256>.so   C libraries and their manifests (cbuild.py)
 
 `<root>` is `$SSMC_CACHE_DIR`, else `$XDG_CACHE_HOME/ssmc`, else `~/.cache/ssmc`; `~` is expanded and
 a relative path is made absolute the first time it is used, so a later `os.chdir` changes nothing.
@@ -15,16 +16,23 @@ Why the rules below:
 - A cache that cannot be used (read-only, not a directory, no usable HOME) is no reason to fail: ssmc
   then uses one temporary cache per process (removed at exit) and says so once, as a `CacheWarning`.
 - Entries are immutable once published (new content gets a new name); temporaries start with
-  `.ssmc-tmp-`, and those older than ten minutes are orphans of killed builds, removed by later builds.
+  `.ssmc-tmp-`, and those older than ten minutes are orphans of killed builds, removed by later builds
+  (`clean_orphans`). Nothing else is ever removed: with SSMC_CACHE_DIR=$HOME, `~/c/` is the user's.
+- A warning (`CacheWarning`) points at the first caller outside ssmc (`user_stacklevel`), not at
+  ssmc's own lines.
 
 Builds that take seconds (generating a package, compiling C kernels) log one INFO line on the
-`ssmc.build` logger first. If the application configured no logging handler, ssmc prints it on
-stderr itself; silence it with `logging.getLogger("ssmc").setLevel(logging.WARNING)`.
+`ssmc.build` logger first (`announce`). ssmc sets no logger level. If the application configured no
+logging at all (no handler on the root logger or on ssmc's loggers), ssmc prints the line on stderr
+itself, as `ssmc: ...`; otherwise the application's levels and handlers decide as usual (so
+`logging.basicConfig(level=logging.WARNING)` hides it and `level=logging.INFO` shows it once).
+`logging.getLogger("ssmc").setLevel(logging.WARNING)` silences it either way.
 """
 from __future__ import annotations
 
 import atexit
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -42,8 +50,9 @@ from ..errors import SSMCError
 TEMP_PREFIX = ".ssmc-tmp-"
 ORPHAN_AGE_S = 600
 KINDS = ("packages", "c")
-# temporaries of ssmc versions before TEMP_PREFIX: mkstemp/mkdtemp names (".<name>-<8 chars>[.so|.c]")
-_LEGACY_TEMP = re.compile(r"^\.[A-Za-z0-9_]+-[A-Za-z0-9_]{8}(\.so|\.c)?$")
+# temporary files of ssmc versions before TEMP_PREFIX, exactly as they were named (mkstemp in <root>/c
+# for load_library("kernels_c.c")): regular files only, never directories
+_LEGACY_TEMP = re.compile(r"^\.kernels_c-[a-z0-9_]{8}\.(so|c)$")
 
 _LOCK = threading.RLock()
 _ROOTS: dict = {}          # (SSMC_CACHE_DIR, XDG_CACHE_HOME, HOME) as first seen -> resolved root
@@ -62,23 +71,31 @@ class _StderrUnlessConfigured(logging.StreamHandler):
     that will get them (then printing here too would double them)."""
 
     def emit(self, record):
-        logger = logging.getLogger(record.name)
-        while logger is not None:
-            if any(handler is not self for handler in logger.handlers):
-                return
-            logger = logger.parent if logger.propagate else None
+        if _configured(logging.getLogger(record.name)):
+            return
         self.stream = sys.stderr          # whatever sys.stderr is now (pytest swaps it)
         super().emit(record)
 
 
+def _configured(logger: logging.Logger) -> bool:
+    """Whether a handler other than ssmc's stderr fallback gets the records of `logger`: the
+    application configured logging."""
+    while logger is not None:
+        if any(not isinstance(handler, _StderrUnlessConfigured) for handler in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
 def _install_build_logger() -> logging.Logger:
+    """The `ssmc.build` logger, with the stderr fallback on `ssmc`. No logger level is set: that is
+    the application's to decide."""
     parent = logging.getLogger("ssmc")
     if not any(isinstance(handler, _StderrUnlessConfigured) for handler in parent.handlers):
         handler = _StderrUnlessConfigured()
+        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("ssmc: %(message)s"))
         parent.addHandler(handler)
-    if parent.level == logging.NOTSET:    # a level the application set wins
-        parent.setLevel(logging.INFO)
     return logging.getLogger("ssmc.build")
 
 
@@ -86,8 +103,60 @@ BUILD_LOG = _install_build_logger()
 
 
 def announce(message: str, *args):
-    """One line before a build that takes seconds, so that a silent pause has an explanation."""
-    BUILD_LOG.info(message, *args)
+    """One line before a build that takes seconds, so that a silent pause has an explanation.
+
+    Logged at INFO on `ssmc.build`. Where the application configured no logging and set no level on
+    ssmc's loggers, the root logger's default WARNING would drop it: the record then goes to the
+    handlers directly (that is, to the stderr fallback), so an unconfigured program still shows it."""
+    if BUILD_LOG.isEnabledFor(logging.INFO):
+        BUILD_LOG.info(message, *args)
+    elif (not _configured(BUILD_LOG) and BUILD_LOG.manager.disable < logging.INFO and not BUILD_LOG.disabled
+          and all(logger.level == logging.NOTSET for logger in (BUILD_LOG, BUILD_LOG.parent))):
+        BUILD_LOG.handle(BUILD_LOG.makeRecord(BUILD_LOG.name, logging.INFO, "(unknown file)", 0, message, args,
+                                              None))
+
+
+# ---- warnings and hashes --------------------------------------------------------------------------
+
+_INTERNAL = ("ssmc", "ssmc_gen_", "torch", "importlib", "functools", "threading", "contextlib")
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` for a `warnings.warn` called by the caller of this function that points at
+    the first frame outside ssmc (its generated packages, and torch's and the standard library's
+    plumbing between them, included): the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not any(name == part or name.startswith(part if part.endswith("_") else part + ".")
+                   for part in _INTERNAL):
+            return level
+        frame, level = frame.f_back, level + 1
+    return max(level - 1, 1)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path) -> str | None:
+    """The sha256 of the regular file `path`, read in blocks; None for anything else (a symbolic link,
+    which is not followed, a directory, a device) or a file that cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with os.fdopen(fd, "rb") as f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 # ---- file modes -----------------------------------------------------------------------------------
@@ -202,7 +271,7 @@ def _fallback(wanted: Path | None, reason: str) -> Path:
         where = f"the cache directory {wanted}" if wanted is not None else "no cache directory"
         warnings.warn(f"ssmc: {where} is not usable ({reason}); using the temporary cache {temporary} for this "
                       f"process, so compiled kernels will not be reused by later processes. Set SSMC_CACHE_DIR "
-                      f"to a writable directory of your own.", CacheWarning, stacklevel=4)
+                      f"to a writable directory of your own.", CacheWarning, stacklevel=user_stacklevel())
     return _FALLBACK[0]
 
 
@@ -240,16 +309,35 @@ def directory(kind: str) -> Path:
 
 # ---- temporaries ----------------------------------------------------------------------------------
 
+def _own_temporary(entry: os.DirEntry, legacy: bool) -> bool:
+    """Whether `entry` is a temporary that ssmc creates: a `.ssmc-tmp-` regular file, a `.ssmc-tmp-`
+    directory holding only regular files (staging and build directories are flat), or (`legacy`, in
+    `<root>/c`) a `.kernels_c-XXXXXXXX.so`/`.c` file of ssmc versions before that prefix. Never a
+    symbolic link, never anything else: the cache root may be a directory of the user's."""
+    try:
+        if entry.name.startswith(TEMP_PREFIX):
+            if entry.is_file(follow_symlinks=False):
+                return True
+            if entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inside:
+                    return all(item.is_file(follow_symlinks=False) for item in inside)
+            return False
+        return legacy and bool(_LEGACY_TEMP.match(entry.name)) and entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def clean_orphans(path: Path, now: float | None = None):
-    """Remove temporaries that killed builds left in the cache directory `path` (only names that
-    ssmc gives its temporaries, only older than ORPHAN_AGE_S: a younger one may be in use)."""
+    """Remove temporaries that killed builds left in the cache directory `path` (only what ssmc
+    creates, see `_own_temporary`, and only older than ORPHAN_AGE_S: a younger one may be in use)."""
     now = time.time() if now is None else now
     try:
         entries = list(os.scandir(path))
     except OSError:
         return
+    legacy = Path(path).name == "c"
     for entry in entries:
-        if not (entry.name.startswith(TEMP_PREFIX) or _LEGACY_TEMP.match(entry.name)):
+        if not _own_temporary(entry, legacy):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
@@ -264,12 +352,5 @@ def clean_orphans(path: Path, now: float | None = None):
                 BUILD_LOG.debug("could not remove the orphan %s: %s", entry.path, exc)
 
 
-def _reset_for_tests():
-    """Forget resolved directories (tests change the environment between cases)."""
-    with _LOCK:
-        _ROOTS.clear()
-        _READY.clear()
-
-
 __all__ = ["CacheWarning", "announce", "root", "directory", "check_private", "clean_orphans", "output_mode",
-           "cache_mode", "umask", "TEMP_PREFIX", "BUILD_LOG"]
+           "cache_mode", "umask", "user_stacklevel", "sha256_bytes", "sha256_file", "TEMP_PREFIX", "BUILD_LOG"]

@@ -161,9 +161,9 @@ def check_number(name, value, minimum=0, inclusive=False):
     return float(value)
 
 
-def check_choice(name, value, choices):
+def check_choice(name, value, choices, error=SpecError):
     if not isinstance(value, str) or value not in choices:
-        raise SpecError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise error(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
 
 

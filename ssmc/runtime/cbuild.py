@@ -20,6 +20,8 @@ is trusted blindly, since a damaged library crashes the process that maps it:
   then publishes the library (named by its content, so never replaced by something else) and the
   manifest, each by an atomic rename. Two processes building the same key both succeed.
 - Temporaries (`.ssmc-tmp-*`) of killed builds are removed by a later build after ten minutes.
+- C sources are read and written as UTF-8 whatever the locale (the generated ones hold `·`, `Σ` in
+  comments), and compiler messages are decoded with replacement, never as an encoding error.
 - A build logs one line on the `ssmc.build` logger (see `ssmc.runtime.cache` to silence it);
   `build_count()` says how many builds this process ran.
 """
@@ -77,7 +79,8 @@ def extra_flags() -> tuple:
 @functools.lru_cache(maxsize=None)
 def _compiler_identity(compiler: tuple) -> str:
     try:
-        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, errors="replace",
+                                 timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     return "\0".join(compiler) + f"\n{version}"
@@ -107,14 +110,6 @@ def _key(source: str, compiler: tuple, flags: tuple) -> str:
     return digest.hexdigest()[:24]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- the cache entry: manifest + library ----------------------------------------------------------
 
 def _cached(directory: Path, stem: str) -> Path | None:
@@ -125,7 +120,7 @@ def _cached(directory: Path, stem: str) -> Path | None:
         library = directory / manifest["library"]
         if not re.fullmatch(re.escape(stem) + r"-[0-9a-f]{16}\.so", manifest["library"]):
             return None
-        if library.stat().st_size != manifest["size"] or _sha256(library) != manifest["sha256"]:
+        if library.stat().st_size != manifest["size"] or cache.sha256_file(library) != manifest["sha256"]:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -134,18 +129,18 @@ def _cached(directory: Path, stem: str) -> Path | None:
 
 def _publish(directory: Path, stem: str, built: Path, work: Path, facts: dict) -> Path:
     """Move the checked library `built` into the cache under its content's name, then its manifest."""
-    sha = _sha256(built)
+    sha = cache.sha256_file(built)
     library = directory / f"{stem}-{sha[:16]}.so"
     os.chmod(built, cache.cache_mode(directory=True))          # executable bits as for a program
     try:
-        present = library.stat().st_size == built.stat().st_size and _sha256(library) == sha
+        present = library.stat().st_size == built.stat().st_size and cache.sha256_file(library) == sha
     except OSError:
         present = False
     if not present:                # absent, or a damaged copy (which no manifest vouches for)
         os.replace(built, library)
     manifest = dict(facts, library=library.name, sha256=sha, size=library.stat().st_size)
     staged = work / f"{stem}.json"
-    staged.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    staged.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.chmod(staged, cache.cache_mode(directory=False))
     os.replace(staged, directory / f"{stem}.json")
     return library
@@ -158,7 +153,7 @@ def _run_compiler(compiler: tuple, source_name: str, output: Path, flags: tuple,
     record it, and a fixed name keeps builds of one key byte-identical)."""
     command = [*compiler, *flags, source_name, "-o", str(output), *LIBS]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+        result = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=cwd)
     except OSError as exc:
         return command, f"could not run {compiler[0]}: {exc}"
     if result.returncode != 0:
@@ -186,7 +181,7 @@ def _build(compiler: tuple, source: str, directory: Path, stem: str, attempts: l
     errors = []
     with tempfile.TemporaryDirectory(prefix=f"{cache.TEMP_PREFIX}{stem}-", dir=directory) as work:
         work = Path(work)
-        (work / f"{stem}.c").write_text(source)
+        (work / f"{stem}.c").write_text(source, encoding="utf-8")
         for number, flags in enumerate(attempts):
             output = work / f"{stem}-{number}.so"
             command, error = _run_compiler(compiler, f"{stem}.c", output, flags, work)
@@ -229,7 +224,7 @@ def compile_library(source: str, name: str = "kernels", defines: tuple = (), fla
 def load_library(source_path, defines: tuple = (), flags: tuple = (), symbols: tuple = ()) -> ctypes.CDLL:
     """The compiled library of the C file at `source_path` (with -D`defines` and `flags`), loaded
     once per process; it must export `symbols`."""
-    source = Path(source_path).read_text()
+    source = Path(source_path).read_text(encoding="utf-8")
     name = Path(source_path).stem
     with _LOCK:
         path = compile_library(source, name, defines, flags, symbols, origin=str(source_path))
