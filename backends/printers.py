@@ -28,19 +28,17 @@ def _print_power(printer, expr: sympy.Pow, one: str, sqrt_format: str) -> str:
     exp = expr.exp
     if not exponent_allowed(exp):
         raise UnsupportedExpression(f"{type(printer).__name__}: unsupported power {expr} (expected {POWER_RULE})")
-    base = printer.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
-    if exp.is_Integer and int(exp) == 0:
+    if exp == 0:
         return one
-    if exp.is_Integer and int(exp) >= 1:
-        # parenthesised: the caller may print it after a `/` (y/x**3 must not become y/x*x*x)
-        return "(" + "*".join([base] * int(exp)) + ")"
-    if exp.is_Integer:
-        return f"{one} / (" + "*".join([base] * -int(exp)) + ")"
     if exp == sympy.Rational(1, 2):
         return sqrt_format.format(printer._print(expr.base))
-    # x**(k/2) (derivatives of sqrt: x**(-1/2), x**(-3/2)) as x**(k//2)·sqrt(x), inverted for k < 0
-    root = sqrt_format.format(printer._print(expr.base))
-    factors = [base] * ((abs(exp.p) - 1) // 2) + [root]
+    # x**k as k factors; x**(k/2) (derivatives of sqrt: x**(-1/2), x**(-3/2)) as x**(k//2)·sqrt(x);
+    # inverted for k < 0, and parenthesised: the caller may print it after a `/` (y/x**3 must not
+    # become y/x*x*x)
+    base = printer.parenthesize(expr.base, sympy.printing.precedence.PRECEDENCE["Mul"] + 1)
+    factors = [base] * (abs(exp.p) // exp.q)
+    if exp.q == 2:
+        factors.append(sqrt_format.format(printer._print(expr.base)))
     product = "(" + "*".join(factors) + ")"
     return product if exp > 0 else f"{one} / {product}"
 

@@ -84,24 +84,31 @@ class Graph:
         return [self._g.nodes[n]["op"] for n in self._g.successors(producer(name))]
 
     def copy(self) -> "Graph":
-        return Graph.from_json(self.to_json())
+        """An independent graph with the same ops: they are frozen, so sharing them is safe, and a
+        copy pays no srepr/parse round trip through JSON."""
+        other = Graph(self.name, self.meta)
+        other._g = self._g.copy()      # fresh node attribute dicts: replace() on one leaves the other
+        other._order = self._order
+        return other
 
     # --- printing and serialisation ---------------------------------------------------------
     def dump(self) -> str:
-        return "\n".join(text for _, text in self.dump_sections())
+        return join_sections(self.dump_sections())
 
     def dump_sections(self) -> list:
         """The dump as (key, text) sections: the ops, then every block of every fused kernel's plan,
         so that a pass which only fills plan blocks (derive_backward) can show just those."""
         lines = [f"graph {self.name}" + "".join(f"  {k}={v}" for k, v in sorted(self.meta.items()))]
-        for op in self.ops():
+        ops = self.ops()
+        for op in ops:
             ty = f"{op.dtype}[{', '.join(op.shape)}]" if op.shape is not None else f"{op.dtype}[?]"
             args = ", ".join(f"%{v}" for v in op.inputs)
             attrs = _format_attributes(op)
             lines.append(f"  %{op.name:<14} : {ty:<34} = {op.kind}({args}){attrs}")
         sections = [("ops", "\n".join(lines))]
-        for op in self.of_kind(irops.Fused):
-            sections += _plan_sections(op)
+        for op in ops:
+            if isinstance(op, irops.Fused):
+                sections += _plan_sections(op)
         return sections
 
     def to_json(self) -> dict:
@@ -135,6 +142,11 @@ def _format_attributes(op: irops.Op) -> str:
             continue
         parts.append(f"{key}={value}")
     return f"  {{{', '.join(parts)}}}" if parts else ""
+
+
+def join_sections(sections: list) -> str:
+    """The text of `Graph.dump_sections`' (key, text) sections: `Graph.dump`."""
+    return "\n".join(text for _, text in sections)
 
 
 def _plan_sections(op) -> list:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..errors import ScheduleError
 from ..spec import SSM
 from .build import build_graph
-from .graph import Graph
+from .graph import Graph, join_sections
 from .passes.complex_split import split_complex
 from .passes.backward import derive_backward
 from .passes.discretize import lower_discretization
@@ -63,9 +63,9 @@ def lower(spec: SSM, schedule: str = "auto", record: bool = True) -> Lowered:
     layer) raises ScheduleError from the pass that would apply it."""
     ctx = PassContext(request=check_schedule(schedule))
     graph = build_graph(spec)
-    previous = graph.dump_sections()
     if record:
-        ctx.trace.append(("build", graph.dump()))
+        previous = graph.dump_sections()
+        ctx.trace.append(("build", join_sections(previous)))
     for name, run in PIPELINE:
         graph = run(graph, ctx)
         graph = infer_shapes(graph, ctx)
@@ -80,7 +80,7 @@ def _changes(before: list, after: list) -> str:
     """The IR text after a pass; when the ops did not change (a pass that only fills plan blocks,
     like derive_backward), only the plan sections it added or changed, so each pass shows its work."""
     if before[0] != after[0]:
-        return "\n".join(text for _, text in after)
+        return join_sections(after)
     old = dict(before)
     changed = [text for key, text in after[1:] if old.get(key) != text]
     note = "  (ops unchanged; the plan blocks this pass added or changed:)" if changed else "  (unchanged)"

@@ -27,6 +27,10 @@ from dataclasses import dataclass, fields
 
 import sympy
 
+from ..errors import CompileError
+from ..formula import read_srepr
+from .functions import IR_FUNCTIONS
+
 Block = tuple  # tuple[tuple[str, sympy.Expr], ...]
 
 
@@ -36,9 +40,6 @@ def block_to_json(block: Block) -> list:
 
 def block_from_json(data) -> Block:
     """Read back without sympify (which evaluates Python: graph.json may have been edited)."""
-    from ..errors import CompileError
-    from ..formula import read_srepr
-    from .functions import IR_FUNCTIONS
     return tuple((target, read_srepr(text, f"plan block {target}", IR_FUNCTIONS, error=CompileError))
                  for target, text in data)
 

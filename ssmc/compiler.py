@@ -150,10 +150,11 @@ def _stage(parent: Path, name: str, files: dict, marker: str, mode) -> Path:
     except OSError as exc:
         raise SSMCError(f"output directory {parent} is not writable: {exc.strerror or exc}") from exc
     try:
+        file_mode = mode(directory=False)                  # once: it reads the umask
         for file_name, text in [*files.items(), (MARKER, marker)]:
             path = staging / file_name
             path.write_text(text, encoding="utf-8")        # what the marker hashes, whatever the locale
-            os.chmod(path, mode(directory=False))
+            os.chmod(path, file_mode)
         os.chmod(staging, mode(directory=True))
     except BaseException as exc:         # any failure, KeyboardInterrupt included: no staging left behind
         shutil.rmtree(staging, ignore_errors=True)
@@ -270,7 +271,9 @@ def _cache_entry(spec: SSM, key: str, schedule: str = "auto") -> Path:
     files = render_files(spec, schedule)
     marker = _marker_text(spec, schedule, files)
     for directory in candidates:
-        if os.path.lexists(directory) and not _sound_entry(directory, spec, schedule):
+        if os.path.lexists(directory):
+            if _sound_entry(directory, spec, schedule):   # another process published it meanwhile
+                return directory
             continue                        # damaged or foreign: never touched, the next name is used
         staging = _stage(packages, key, files, marker, cache.cache_mode)
         try:

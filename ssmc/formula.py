@@ -152,7 +152,7 @@ class _Builder:
     def power(self, base, exponent):
         if exponent.is_Float and float(exponent) * 2 == int(float(exponent) * 2):
             exponent = sympy.Rational(int(float(exponent) * 2), 2)      # 0.5 -> 1/2, 2.0 -> 2
-        if not exponent.is_Number or not exponent_allowed(exponent):
+        if not exponent_allowed(exponent):          # a symbol, I or pi is no Rational: refused too
             self.fail(f"the power **({exponent}) (expected {POWER_RULE})")
         return base ** exponent
 
@@ -351,14 +351,18 @@ _SREPR_SINGLETONS = {"pi": sympy.pi, "E": sympy.E, "I": sympy.I, "oo": sympy.oo,
 MAX_STORED_EXPONENT = 1024
 
 
+@functools.cache
+def _srepr_classes() -> dict:
+    """The whitelisted sympy classes by name, looked up once (read_srepr runs per stored expression)."""
+    from sympy.functions.elementary.piecewise import ExprCondPair
+    return {**{name: getattr(sympy, name) for name in _SREPR_CLASSES}, "ExprCondPair": ExprCondPair}
+
+
 def read_srepr(text: str, field: str, functions: dict | None = None, error=SpecError):
     """The sympy object written by `sympy.srepr`, rebuilt by calling only whitelisted sympy
     classes (plus `functions`, the IR's own) on literal arguments: no eval, so a tampered file
     can at worst be refused."""
-    from sympy.functions.elementary.piecewise import ExprCondPair
-    classes = {name: getattr(sympy, name) for name in _SREPR_CLASSES}
-    classes["ExprCondPair"] = ExprCondPair
-    classes.update(functions or {})
+    classes = {**_srepr_classes(), **(functions or {})}
     if not isinstance(text, str) or len(text) > 1_000_000:
         raise error(f"{field}: expected a stored sympy expression (srepr text)")
     try:

@@ -12,6 +12,7 @@ import threading
 import torch
 
 from .errors import ShapeError
+from .runtime.calls import compute_dtype
 from .spec import SSM, Diagonal, MambaZOH, discretization_from_name
 
 _PACKAGES = {}
@@ -110,7 +111,7 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     n_state = _state_size(A)
     variable = {name: _varies_over_time(name, x) for name, x in (("B", B), ("C", C))}
     if A.is_complex() and isinstance(u, torch.Tensor) and u.dim() == 3:
-        compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(u)
         if variable["B"] and not B.is_complex():
             B = _interleaved_to_complex("B", B, u.shape[2], compute)
         if variable["C"] and not C.is_complex():

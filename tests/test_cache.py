@@ -342,6 +342,22 @@ def test_damaged_libraries_are_rebuilt(tmp_path):
     assert entry_files(tmp_path) == sorted([manifest_path.name, library.name])
 
 
+
+@needs_cc
+def test_load_library_verifies_an_entry_once_per_process(tmp_path, monkeypatch):
+    """The manifest and the library's sha256 are checked on the first load of a key, not again on
+    every load_library call (one per kernel function and precision in a generated package)."""
+    monkeypatch.setenv("SSMC_CACHE_DIR", str(tmp_path))
+    source = tmp_path / "once.c"
+    source.write_text(f"/* {uuid.uuid4().hex} */\n" + ANSWER.replace("ANSWER", "13"))
+    checked, cached = [], cbuild._cached
+    monkeypatch.setattr(cbuild, "_cached", lambda *args: checked.append(args) or cached(*args))
+    first = cbuild.load_library(source, symbols=("ssmc_answer",))
+    assert cbuild.load_library(source, symbols=("ssmc_answer",)) is first and first.ssmc_answer() == 13
+    assert len(checked) == 1, checked
+    with pytest.raises(CompileError, match="lacks ssmc_missing"):
+        cbuild.load_library(source, symbols=("ssmc_missing",))
+
 @needs_cc
 def test_the_cached_source_is_never_compiled(tmp_path, monkeypatch):
     """Builds compile the text the caller holds: a planted `<name>-<key>.c` changes nothing."""

@@ -148,3 +148,15 @@ def test_ir_functions_has_one_registry_listing_every_ir_function():
                if isinstance(obj, type) and issubclass(obj, sympy.Function) and obj.__module__ == functions.__name__}
     assert set(functions.IR_FUNCTIONS) == defined
     assert not hasattr(graph, "ir_functions")
+
+
+def test_graph_copy_is_equal_and_independent():
+    graph = build_graph(SPECS["mamba"])
+    before = graph.dump()
+    again = graph.copy()
+    assert again.dump() == before and again.meta == graph.meta and again.meta is not graph.meta
+    op = next(op for op in again.ops() if isinstance(op, ssmc.ir.ops.Elementwise))
+    again.replace(op.replace(expr=op.expr + 1))
+    again.add(ssmc.ir.ops.Elementwise("extra", inputs=(op.name,), dtype=op.dtype, expr=sympy.Symbol(op.name)))
+    assert graph.dump() == before and again.dump() != before and "extra" not in graph
+    assert [o.name for o in again.ops()][-1] == "extra"

@@ -29,9 +29,8 @@ def _half_angles(parts: list) -> list:
     """sin(y), cos(y) rewritten through sin(y/2), cos(y/2) wherever a half angle of y occurs
     (expm1's split, see ir/functions.py): the decay's exp(x + iy) and the scale's expm1(x + iy) then
     share two sin/cos per step instead of needing three."""
-    halves = {f.args[0] * 2 for pair in parts for part in pair
-              for f in part.atoms(sympy.sin, sympy.cos)}
     angles = {f.args[0] for pair in parts for part in pair for f in part.atoms(sympy.sin, sympy.cos)}
+    halves = {angle * 2 for angle in angles}
     mapping = {}
     for angle in angles & halves:
         half_sin, half_cos = sympy.sin(angle / 2), sympy.cos(angle / 2)

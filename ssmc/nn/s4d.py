@@ -17,8 +17,6 @@ from ..runtime import init as initializers
 from ..runtime.calls import check_choice, check_dt_range, check_int, check_layer_input, check_number
 from ..spec import SCHEDULES
 
-INITS = {"lin": initializers.s4d_lin, "inv": initializers.s4d_inv}
-
 
 class _S4DKernel(nn.Module):
     """Holds the SSM parameters under the names of the original kernel module, and like it
@@ -29,10 +27,10 @@ class _S4DKernel(nn.Module):
         H = check_int("d_model", d_model)
         self.n_state = conjugate_pairs(N)
         check_dt_range(dt_min, dt_max)
-        check_choice("init", init, tuple(INITS))
+        check_choice("init", init, tuple(initializers.S4D_INITS))
         if lr is not None:
             check_number("lr", lr, inclusive=True)
-        log_a_real, a_imag = INITS[init](H, self.n_state)
+        log_a_real, a_imag = initializers.S4D_INITS[init](H, self.n_state)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, self.n_state, dtype=torch.cfloat)))
         self.register("log_dt", initializers.log_uniform_dt(H, dt_min, dt_max), lr)
         self.register("log_A_real", log_a_real, lr)

@@ -32,8 +32,7 @@ def c_compiler() -> tuple | None:
 
 @functools.lru_cache(maxsize=None)
 def _find_compiler(cc: str) -> tuple | None:
-    defaults = [("cc",), ("gcc",), ("clang",)]
-    fallback = next(((found, *words[1:]) for words in defaults if (found := shutil.which(words[0]))), None)
+    fallback = next(((found,) for name in ("cc", "gcc", "clang") if (found := shutil.which(name))), None)
     if not cc.strip():
         return fallback
     try:

@@ -190,11 +190,10 @@ def check_layer_input(name, x, layout, sizes, real=True):
     """A layer's input in the caller's layout: `layout` names the axes, e.g. ("batch", "len",
     "d_model"), and `sizes` maps the axes whose size is fixed to it. Messages speak that layout,
     never the (batch, dim, len) one of the kernels. `real=False` leaves the dtype to the op."""
-    expected = _layout_text(layout, sizes)
     if not isinstance(x, torch.Tensor):
-        _fail(name, f"a tensor of shape {expected}", x)
+        _fail(name, f"a tensor of shape {_layout_text(layout, sizes)}", x)
     if x.dim() != len(layout) or any(x.shape[layout.index(axis)] != size for axis, size in sizes.items()):
-        _fail(name, f"shape {expected}", x)
+        _fail(name, f"shape {_layout_text(layout, sizes)}", x)
     if real:
         _real(name, x)
     return x

@@ -195,11 +195,8 @@ def _build(compiler: tuple, source: str, directory: Path, stem: str, attempts: l
     raise CompileError(f"the C compiler failed on {origin}:\n" + "\n\n".join(errors))
 
 
-def compile_library(source: str, name: str = "kernels", defines: tuple = (), flags: tuple = (),
-                    symbols: tuple = (), origin: str | None = None) -> Path:
-    """Path of the verified shared library built from C `source` with -D`defines` and `flags` after
-    the base flags (say, another -O level; SSMC_CFLAGS still come last), compiled unless cached.
-    `symbols`: functions the library must export; `origin`: where the source came from (messages)."""
+def _plan(source: str, name: str, defines: tuple, flags: tuple) -> tuple:
+    """(compiler, stem `<name>-<key>`, flags of each attempt) of a build of `source`."""
     compiler = c_compiler()
     if compiler is None:
         raise CompileError("no C compiler found (tried $CC, cc, gcc, clang); use SSMC_BACKEND=torch")
@@ -208,7 +205,12 @@ def compile_library(source: str, name: str = "kernels", defines: tuple = (), fla
     attempts = [BASE_FLAGS + parallel + tuple(flags) + macros + extra for parallel in (OPENMP_FLAGS, *FALLBACK_FLAGS)]
     # the key is that of the preferred flags: a fallback build is stored under it too, so that a
     # machine without OpenMP does not retry the failing build on every load
-    stem = f"{name}-{_key(source, compiler, attempts[0])}"
+    return compiler, f"{name}-{_key(source, compiler, attempts[0])}", attempts
+
+
+def _cached_or_built(plan: tuple, source: str, name: str, defines: tuple, symbols: tuple, origin: str | None) -> Path:
+    """The library of `plan`: from the cache if it checks out, else built and published."""
+    compiler, stem, attempts = plan
     with _LOCK:
         directory = cache_dir()
         library = _cached(directory, stem)
@@ -221,21 +223,31 @@ def compile_library(source: str, name: str = "kernels", defines: tuple = (), fla
         return _build(compiler, source, directory, stem, attempts, tuple(symbols), origin or f"{name}.c")
 
 
+def compile_library(source: str, name: str = "kernels", defines: tuple = (), flags: tuple = (),
+                    symbols: tuple = (), origin: str | None = None) -> Path:
+    """Path of the verified shared library built from C `source` with -D`defines` and `flags` after
+    the base flags (say, another -O level; SSMC_CFLAGS still come last), compiled unless cached.
+    `symbols`: functions the library must export; `origin`: where the source came from (messages)."""
+    return _cached_or_built(_plan(source, name, defines, flags), source, name, defines, symbols, origin)
+
+
 def load_library(source_path, defines: tuple = (), flags: tuple = (), symbols: tuple = ()) -> ctypes.CDLL:
-    """The compiled library of the C file at `source_path` (with -D`defines` and `flags`), loaded
-    once per process; it must export `symbols`."""
+    """The compiled library of the C file at `source_path` (with -D`defines` and `flags`), verified
+    and loaded once per process and cache key; it must export `symbols`."""
     source = Path(source_path).read_text(encoding="utf-8")
     name = Path(source_path).stem
+    plan = _plan(source, name, defines, flags)
     with _LOCK:
-        path = compile_library(source, name, defines, flags, symbols, origin=str(source_path))
-        library = _LOADED.get(path)
-        if library is None:
+        loaded = _LOADED.get(plan[1])
+        if loaded is None:
+            path = _cached_or_built(plan, source, name, defines, symbols, str(source_path))
             try:
                 library = ctypes.CDLL(str(path))
             except OSError as exc:
                 raise CompileError(f"the verified library {path} (built from {source_path}) cannot be loaded: "
                                    f"{exc}") from exc
-            _LOADED[path] = library
+            loaded = _LOADED[plan[1]] = (path, library)
+    path, library = loaded
     missing = [symbol for symbol in symbols if not hasattr(library, symbol)]
     if missing:
         raise CompileError(f"the library {path} built from {source_path} lacks {', '.join(missing)}")

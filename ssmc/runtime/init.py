@@ -27,6 +27,10 @@ def s4d_inv(dim: int, n_state: int) -> tuple:
     return log_a_real, a_imag.repeat(dim, 1)
 
 
+# the `init` argument of the complex-A layers (ssmc.nn.S4D, generated `Layer`s): (log_A_real, A_imag)
+S4D_INITS = {"lin": s4d_lin, "inv": s4d_inv}
+
+
 def log_uniform_dt(dim: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
     """log(dt) uniform in [log dt_min, log dt_max] (S4, S4D)."""
     return torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)

@@ -44,32 +44,30 @@ def _or_none(x: Tensor) -> Optional[Tensor]:
     return None if x.numel() == 0 and x.shape == _EMPTY else x
 
 
-def _empty_scan_fwd(u, A_re, h0_re, h0_im, chunk, complex_state):
-    """The scan of an empty input (no batch, channel or step): nothing to compute, and kernels are
-    not asked to launch zero-sized grids. With no steps the last state is the initial one."""
+def _scan_fwd_outputs(u, A_re, chunk, complex_state):
+    """scan_fwd's outputs, uninitialised (its fake kernel's): [out, state_re, state_im, ckpt_re, ckpt_im],
+    an empty (0,) tensor for one the call does not form."""
     batch, dim, length = u.shape
-    state_shape = (batch, dim, A_re.shape[1])
-    out = A_re.new_empty(batch, dim, length)
-    state_re = h0_re.clone() if h0_re is not None else A_re.new_zeros(state_shape)
-    state_im = (h0_im.clone() if h0_im is not None else A_re.new_zeros(state_shape)) if complex_state else None
+    n_state = A_re.shape[1]
     n_chunks = -(-length // chunk) if chunk > 0 else 0
-    ckpt = A_re.new_empty(batch, dim, n_chunks, A_re.shape[1]) if chunk > 0 else None
-    return out, state_re, state_im, ckpt, ckpt.new_empty(ckpt.shape) if ckpt is not None and complex_state else None
+    state = A_re.new_empty(batch, dim, n_state)
+    ckpt = A_re.new_empty(batch, dim, n_chunks, n_state) if chunk > 0 else A_re.new_empty(_EMPTY)
+    return [A_re.new_empty(batch, dim, length), state,
+            state.new_empty(state.shape) if complex_state else A_re.new_empty(_EMPTY),
+            ckpt, ckpt.new_empty(ckpt.shape) if complex_state and chunk > 0 else A_re.new_empty(_EMPTY)]
 
 
-def _empty_scan_bwd(grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z,
-                    complex_state):
-    """Gradients of an empty scan: every operand's is zero (sums over nothing), except the initial
-    state's, which is the last state's gradient (they are the same state when there are no steps)."""
-    like = (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z)
-    grads = [A_re.new_zeros(x.shape) if x is not None else None for x in like]
+def _scan_bwd_outputs(u, A_re, operands, complex_state):
+    """scan_bwd's outputs, uninitialised (its fake kernel's): the gradients of `operands` (u .. z),
+    an empty (0,) tensor for an absent one, then of h0_re and h0_im."""
     batch, dim, _ = u.shape
-    state_shape = (batch, dim, A_re.shape[1])
-    grad_h0_re = grad_state_re.to(A_re.dtype).clone() if grad_state_re is not None else A_re.new_zeros(state_shape)
-    grad_h0_im = None
-    if complex_state:
-        grad_h0_im = grad_state_im.to(A_re.dtype).clone() if grad_state_im is not None else A_re.new_zeros(state_shape)
-    return grads + [grad_h0_re, grad_h0_im]
+    grads = [A_re.new_empty(x.shape) if x is not None else A_re.new_empty(_EMPTY) for x in operands]
+    state = A_re.new_empty(batch, dim, A_re.shape[1])
+    return grads + [state, state.new_empty(state.shape) if complex_state else A_re.new_empty(_EMPTY)]
+
+
+def _copy_or_zero(out, x):
+    return out.copy_(x) if x is not None else out.zero_()
 
 
 class ScanOps:
@@ -92,25 +90,22 @@ class ScanOps:
                      D: Optional[Tensor], z: Optional[Tensor], h0_re: Optional[Tensor], h0_im: Optional[Tensor],
                      chunk: int) -> List[Tensor]:
             if u.numel() == 0:
-                out, state_re, state_im, ckpt_re, ckpt_im = _empty_scan_fwd(u, A_re, h0_re, h0_im, chunk,
-                                                                            complex_state)
-            else:
-                backend = kernels.for_device(u.device)
-                out, state_re, state_im, ckpt_re, ckpt_im = backend.scan_fwd(
-                    u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im, chunk)
+                # an empty input (no batch, channel or step): nothing to compute, and no kernel is asked to
+                # launch a zero-sized grid. With no steps the last state is the initial one.
+                outputs = _scan_fwd_outputs(u, A_re, chunk, complex_state)
+                _copy_or_zero(outputs[1], h0_re)
+                if complex_state:
+                    _copy_or_zero(outputs[2], h0_im)
+                return outputs
+            backend = kernels.for_device(u.device)
+            out, state_re, state_im, ckpt_re, ckpt_im = backend.scan_fwd(
+                u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im, chunk)
             outputs = [out, state_re, _or_empty(state_im, out), _or_empty(ckpt_re, out), _or_empty(ckpt_im, out)]
             return _fresh(outputs, (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im))
 
         @scan_fwd.register_fake
         def _(u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z, h0_re, h0_im, chunk):
-            batch, dim, length = u.shape
-            n_state = A_re.shape[1]
-            n_chunks = -(-length // chunk) if chunk > 0 else 0
-            state = A_re.new_empty(batch, dim, n_state)
-            ckpt = A_re.new_empty(batch, dim, n_chunks, n_state) if chunk > 0 else A_re.new_empty(_EMPTY)
-            return [A_re.new_empty(batch, dim, length), state,
-                    state.new_empty(state.shape) if complex_state else A_re.new_empty(_EMPTY),
-                    ckpt, ckpt.new_empty(ckpt.shape) if complex_state and chunk > 0 else A_re.new_empty(_EMPTY)]
+            return _scan_fwd_outputs(u, A_re, chunk, complex_state)
 
         @torch.library.custom_op(f"{prefix}_scan_bwd", mutates_args=())
         def scan_bwd(grad_out: Tensor, grad_state_re: Optional[Tensor], grad_state_im: Optional[Tensor],
@@ -119,12 +114,19 @@ class ScanOps:
                      D: Optional[Tensor], z: Optional[Tensor], ckpt_re: Tensor, ckpt_im: Optional[Tensor],
                      chunk: int) -> List[Tensor]:
             if u.numel() == 0:
-                grads = _empty_scan_bwd(grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im,
-                                        C_re, C_im, D, z, complex_state)
-            else:
-                backend = kernels.for_device(u.device)
-                grads = backend.scan_bwd(grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im,
-                                         B_re, B_im, C_re, C_im, D, z, ckpt_re, ckpt_im, chunk)
+                # every operand's gradient is zero (sums over nothing), except the initial state's, which is
+                # the last state's (they are the same state when there are no steps)
+                grads = _scan_bwd_outputs(u, A_re, (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z),
+                                          complex_state)
+                for g in grads[:-2]:
+                    g.zero_()
+                _copy_or_zero(grads[-2], grad_state_re)
+                if complex_state:
+                    _copy_or_zero(grads[-1], grad_state_im)
+                return grads
+            backend = kernels.for_device(u.device)
+            grads = backend.scan_bwd(grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im,
+                                     B_re, B_im, C_re, C_im, D, z, ckpt_re, ckpt_im, chunk)
             inputs = (grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re,
                       C_im, D, z, ckpt_re, ckpt_im)
             return _fresh([_or_empty(g, grad_out) for g in grads], inputs)
@@ -132,11 +134,8 @@ class ScanOps:
         @scan_bwd.register_fake
         def _(grad_out, grad_state_re, grad_state_im, u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im,
               D, z, ckpt_re, ckpt_im, chunk):
-            batch, dim, _ = u.shape
-            like = (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z)
-            out = [A_re.new_empty(x.shape) if x is not None else A_re.new_empty(_EMPTY) for x in like]
-            state = A_re.new_empty(batch, dim, A_re.shape[1])
-            return out + [state, state.new_empty(state.shape) if complex_state else A_re.new_empty(_EMPTY)]
+            return _scan_bwd_outputs(u, A_re, (u, delta, dt_bias, A_re, A_im, B_re, B_im, C_re, C_im, D, z),
+                                     complex_state)
 
         def setup_context(ctx, inputs, output):
             *operands, chunk = inputs
