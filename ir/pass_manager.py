@@ -49,8 +49,14 @@ class Lowered:
 
 
 def check_schedule(schedule) -> str:
-    """The schedule request, or a ScheduleError naming the option and the choices. Checked before
-    any pass runs, so that a misspelt request never falls through to the cost model's choice."""
+    """The schedule request's name (a package key part), or a ScheduleError naming the option and the
+    choices. Checked before any pass runs, so that a misspelt request never falls through to the cost
+    model's choice. A PipelineRecord (or its JSON dict) replays one recorded pipeline."""
+    from .pipelines import PipelineRecord
+    if isinstance(schedule, dict):
+        schedule = PipelineRecord.from_json(schedule)
+    if isinstance(schedule, PipelineRecord):
+        return schedule.text
     if not (isinstance(schedule, str) and schedule in SCHEDULES):
         raise ScheduleError(f"schedule must be one of {', '.join(repr(s) for s in SCHEDULES)} (auto: the cost "
                             f"model chooses per call), got {schedule!r}")
@@ -60,8 +66,21 @@ def check_schedule(schedule) -> str:
 def lower(spec: SSM, schedule: str = "auto", record: bool = True) -> Lowered:
     """The IR of `spec` after every pass, scheduled as `schedule` asks ("scan", "conv", or "auto":
     the cost model chooses). An algorithm whose precondition the spec breaks (conv on a selective
-    layer) raises ScheduleError from the pass that would apply it."""
-    ctx = PassContext(request=check_schedule(schedule))
+    layer) raises ScheduleError from the pass that would apply it.
+
+    A MultiHead spec lowers to the structured recurrence and its stage pipelines (ir/multihead.py);
+    the SISO families still go through the graph passes below (their move is issue 7's remaining part)."""
+    check_schedule(schedule)
+    if spec.is_multihead:
+        from .multihead import lower_multihead
+        return lower_multihead(spec, schedule)
+    if schedule == "sequential":
+        schedule = "scan"
+    if not isinstance(schedule, str) or schedule == "chunked":
+        raise ScheduleError(f"{schedule if isinstance(schedule, str) else 'a pipeline record'}: the chunked pipeline "
+                            f"needs a multi-head recurrence (heads=ssmc.MultiHead(...), A=ssmc.Scalar()); this spec is "
+                            f"SISO: use 'auto', 'scan' or 'conv'")
+    ctx = PassContext(request=schedule)
     graph = build_graph(spec)
     if record:
         previous = graph.dump_sections()

@@ -12,14 +12,15 @@ from .errors import CompileError, ScheduleError, ShapeError, SpecError, SSMCErro
 
 __version__ = "0.1.0"
 
-_SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom")
+_SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "MultiHead", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom")
 _SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "formula", "cli")
 
 
 def compile(spec, schedule="auto"):
     """The nn.Module class of `spec`: (batch, len, channels) in and out. `schedule` is how it is
-    computed, not what it is (so not a spec field): "scan", "conv" (time-invariant specs only), or
-    "auto", the cost model choosing per call."""
+    computed, not what it is (so not a spec field): "sequential" (alias "scan"), "conv"
+    (time-invariant specs only), "chunked" (MultiHead specs), or "auto", the cost model choosing per
+    call; or a schedule record (ssmc.ir.pipelines.PipelineRecord) to replay exactly."""
     from .compiler import compile as _compile
     return _compile(spec, schedule)
 

@@ -79,9 +79,18 @@ def package_key(spec: SSM, schedule: str = "auto") -> str:
     return f"{spec.name}_{spec.content_hash()}_{check_schedule(schedule)}_{compiler_fingerprint()}"
 
 
+def schedule_text(schedule) -> str:
+    """The schedule as the marker and cache keys write it (a record by its text, e.g. chunked128)."""
+    return check_schedule(schedule)
+
+
 def render_files(spec: SSM, schedule: str = "auto") -> dict:
     """{file name: text} of the package of `spec` under `schedule` (nothing written)."""
-    return render_package(lower(spec, schedule))
+    lowered = lower(spec, schedule)
+    if spec.is_multihead:
+        from .backends.multihead import render_multihead_package
+        return render_multihead_package(lowered)
+    return render_package(lowered)
 
 
 def _lock(name: str) -> threading.RLock:
@@ -93,7 +102,7 @@ def _lock(name: str) -> threading.RLock:
 
 def _marker_text(spec: SSM, schedule: str, files: dict) -> str:
     marker = {"format": 1, "ssmc": __version__, "spec": spec.name, "spec_hash": spec.content_hash(),
-              "schedule": schedule, "compiler": compiler_fingerprint(),
+              "schedule": schedule_text(schedule), "compiler": compiler_fingerprint(),
               "files": {name: cache.sha256_bytes(text.encode("utf-8")) for name, text in sorted(files.items())}}
     return json.dumps(marker, indent=1, sort_keys=True) + "\n"
 
@@ -136,7 +145,7 @@ def _sound_entry(directory: Path, spec: SSM, schedule: str) -> bool:
     """A complete, unaltered cache entry of `spec` under `schedule` by this compiler."""
     marker = read_marker(directory)
     return (marker is not None and marker.get("spec_hash") == spec.content_hash()
-            and marker.get("schedule") == schedule
+            and marker.get("schedule") == schedule_text(schedule)
             and marker.get("compiler") == compiler_fingerprint()
             and not _changed_files(directory, marker, missing_counts=True))
 

@@ -6,7 +6,7 @@ import inspect
 import numbers
 
 from .errors import SpecError
-from .spec import SSM, ZOH, Diagonal, MambaZOH, _check_arguments
+from .spec import SSM, ZOH, Diagonal, MambaZOH, MultiHead, Scalar, _check_arguments
 
 
 def preset(function):
@@ -53,3 +53,13 @@ def dss(d_state: int = 64, name: str = "dss") -> SSM:
     softmax normalisation of the kernel is a parameterisation of C, done in the module."""
     return SSM(name=name, d_state=conjugate_pairs(d_state), A=Diagonal(real=False), discretization=ZOH(),
                skip_D=True)
+
+
+@preset
+def mamba2(d_state: int = 128, headdim: int = 64, groups: int = 1, name: str = "mamba2", gate: bool = True) -> SSM:
+    """Mamba-2's SSD layer (Dao & Gu 2024): one scalar decay per head, heads of `headdim` channels,
+    dt/B/C from the input with B/C shared by `groups` groups of heads, dt bias + softplus, D skip,
+    silu gate. Computed by the chunked (state space duality) or the sequential schedule."""
+    return SSM(name=name, d_state=d_state, A=Scalar(), discretization=MambaZOH(), selective=("dt", "B", "C"),
+               heads=MultiHead(headdim=headdim, groups=groups), skip_D=True, gate=gate, dt_softplus=True,
+               dt_bias=True)

@@ -305,3 +305,94 @@ def ssd_chunked_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt
     if cu_seqlens is None:
         return y, final
     return y, varlen_states_ref(B, x, dt_c, dA_cumsum, prev_states, cu_seqlens, initial_states)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The core form that ssmc's stage kernels compute (ir/stages.py): the discretization already applied,
+#     h_t = exp(log_decay_t)·keep_t·h_{t-1} + u_t ⊗ B_t,   y_t = h_t·C_t,
+# keep_t = [seq_idx_t == seq_idx_{t-1}], seq_idx_{-1} = 0. u, B and C each come in "groups" of heads
+# (u_heads, b_heads, c_heads dividing heads): head h reads group h // (heads // groups).
+
+def _by_head(t, heads):
+    return heads_from_groups(t, heads)
+
+
+def ssd_core_ref(u, log_decay, B, C, h0=None, seq_idx=None):
+    """The sequential core: (y (batch, len, heads, P), final (batch, heads, P, N)), float64."""
+    log_decay = _f64(log_decay)
+    batch, length, heads = log_decay.shape
+    u, B, C = _by_head(u, heads), _by_head(B, heads), _by_head(C, heads)
+    P, N = u.shape[-1], B.shape[-1]
+    h = torch.zeros(batch, heads, P, N, dtype=torch.float64) if h0 is None else _f64(h0)
+    prev = torch.zeros(batch, dtype=torch.int64)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(log_decay[:, t])
+        if seq_idx is not None:
+            decay = decay * (seq_idx[:, t] == prev).to(torch.float64)[:, None]
+            prev = seq_idx[:, t]
+        h = decay[:, :, None, None] * h + u[:, t, :, :, None] * B[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, C[:, t]))
+    y = torch.stack(ys, dim=1) if ys else torch.zeros(batch, 0, heads, P, dtype=torch.float64)
+    return y, h
+
+
+def core_chunk_inputs(log_decay, seq_idx, chunk):
+    """What the chunked pipeline computes on the host from the per-step log-decays:
+    cum (batch, heads, chunks, chunk) = within-chunk cumulative log-decay (0 past the end),
+    carry (batch, heads, chunks) = exp(cum at the chunk's end) · [the chunk's last sequence is the
+    one entering it], entering_ids (batch, chunks) (None without seq_idx)."""
+    log_decay = _f64(log_decay)
+    cum = _pad_to_chunks(log_decay, chunk).permute(0, 3, 1, 2).cumsum(-1)
+    carry = torch.exp(cum[..., -1])
+    entering_ids = None
+    if seq_idx is not None:
+        ids, entering_ids = _chunk_ids(seq_idx, chunk)
+        carry = carry * (ids[..., -1] == entering_ids).to(torch.float64)[:, None]
+    return cum, carry, entering_ids
+
+
+def core_chunk_state_ref(u, cum, B, seq_idx=None):
+    """states (batch, chunks, heads, P, N) = Σ_l exp(cum_last − cum_l)·u_l ⊗ B_l over the steps l of
+    the chunk that belong to the sequence current at the chunk's last step (padding included)."""
+    heads, chunk = cum.shape[1], cum.shape[-1]
+    uc = _pad_to_chunks(_by_head(u, heads), chunk)
+    Bc = _pad_to_chunks(_by_head(B, heads), chunk)
+    weight = torch.exp(cum[..., -1:] - cum)
+    if seq_idx is not None:
+        ids, _ = _chunk_ids(seq_idx, chunk)
+        weight = weight * (ids == ids[..., -1:]).to(torch.float64)[:, None]
+    return torch.einsum("bhcl,bclhp,bclhn->bchpn", weight, uc, Bc)
+
+
+def core_state_passing_ref(states, carry, h0=None):
+    """(entering (batch, chunks, heads, P, N), final): entering_0 = h0, entering_{c+1} = carry_c ·
+    entering_c + states_c."""
+    batch, chunks, heads, P, N = states.shape
+    h = torch.zeros(batch, heads, P, N, dtype=torch.float64) if h0 is None else _f64(h0)
+    entering = []
+    for c in range(chunks):
+        entering.append(h)
+        h = _f64(carry)[:, :, c, None, None] * h + _f64(states[:, c])
+    stacked = torch.stack(entering, dim=1) if entering else states.new_zeros(states.shape).double()
+    return stacked, h
+
+
+def core_chunk_scan_ref(u, cum, B, C, entering, seq_idx=None, entering_ids=None):
+    """y (batch, len, heads, P): Σ_{j ≤ i, same sequence} (C_i·B_j) exp(cum_i − cum_j) u_j inside the
+    chunk, plus exp(cum_i)·entering·C_i where step i continues the entering sequence."""
+    length = u.shape[1]
+    heads, chunk = cum.shape[1], cum.shape[-1]
+    uc = _pad_to_chunks(_by_head(u, heads), chunk)
+    Bc = _pad_to_chunks(_by_head(B, heads), chunk)
+    Cc = _pad_to_chunks(_by_head(C, heads), chunk)
+    ids = None
+    if seq_idx is not None:
+        ids, _ = _chunk_ids(seq_idx, chunk)
+    scores = torch.einsum("bclhn,bcshn->bhcls", Cc, Bc) * _intra_chunk_decay(cum, ids)
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, uc)
+    readout = torch.exp(cum)
+    if ids is not None:
+        readout = readout * (ids == entering_ids[..., None]).to(torch.float64)[:, None]
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, _f64(entering), readout)
+    return y.flatten(1, 2)[:, :length]

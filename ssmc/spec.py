@@ -23,8 +23,9 @@ from .errors import SpecError
 # What a user may ask ssmc.compile / `ssmc compile --schedule` / nn.S4D(schedule=...) for: a compile
 # option, never part of the spec; defined here, the leaf that both the IR (ir/schedule.py) and
 # ssmc.nn may import, so that the two lists cannot differ. "auto" leaves the choice to the cost
-# model (per call, where it depends on shape).
-SCHEDULES = ("auto", "scan", "conv")
+# model (per call, where it depends on shape). "sequential" is the fused one-pass scan (for SISO layers
+# the same as its older name "scan"); "chunked" is Mamba-2's state space duality algorithm.
+SCHEDULES = ("auto", "scan", "conv", "sequential", "chunked")
 
 SELECTIVE_QUANTITIES = ("dt", "B", "C")
 MAX_NAME_LENGTH = 64        # the name goes into package and cache directory names
@@ -108,7 +109,8 @@ class Diagonal:
 
 @spec_class
 class Scalar:
-    """A = a·I, one scalar per head (Mamba-2). Real only."""
+    """A = a·I, one scalar per head (Mamba-2): every state of a head decays alike, which is what
+    lets the chunked schedule turn the recurrence into matrix products. Real only; needs MultiHead."""
 
     @property
     def is_complex(self) -> bool:
@@ -220,7 +222,21 @@ class SISO:
     """One single-input single-output SSM per channel (S4D, DSS, Mamba)."""
 
 
-Heads = SISO
+@spec_class
+class MultiHead:
+    """Heads of `headdim` channels sharing one state of (headdim, d_state) per head (Mamba-2):
+    the input of a head is a vector x_t (headdim,), B_t and C_t (d_state,) are shared by the heads of
+    each of `groups` groups (like grouped-query attention)."""
+
+    headdim: int
+    groups: int = 1
+
+    def __post_init__(self):
+        _require(_is_positive_int(self.headdim), f"MultiHead.headdim must be a positive int, got {self.headdim!r}")
+        _require(_is_positive_int(self.groups), f"MultiHead.groups must be a positive int, got {self.groups!r}")
+
+
+Heads = Union[SISO, MultiHead]
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,9 +270,9 @@ class SSM:
         _require(_is_positive_int(self.d_state), f"d_state must be a positive int, got {self.d_state!r}")
         _require(isinstance(self.A, (Diagonal, Scalar)),
                  f"A must be ssmc.Diagonal(real=...) or ssmc.Scalar(), got {self.A!r}")
-        _require(not isinstance(self.A, Scalar),
-                 "A=Scalar() (Mamba-2) needs MultiHead heads and the chunked scan, not implemented yet; "
-                 "expected ssmc.Diagonal(...)")
+        _require(not isinstance(self.A, Scalar) or isinstance(self.heads, MultiHead),
+                 f"A=Scalar() (one decay per head, Mamba-2) needs heads=ssmc.MultiHead(headdim=...), "
+                 f"got heads={self.heads!r}")
         if isinstance(self.discretization, str):
             object.__setattr__(self, "discretization", discretization_from_name(self.discretization))
         _require(isinstance(self.discretization, _DISCRETIZATIONS),
@@ -274,8 +290,10 @@ class SSM:
                  f"selective={tuple(self.selective)!r}: a quantity is listed twice")
         # canonical order, so that equal layers hash equally
         object.__setattr__(self, "selective", tuple(q for q in SELECTIVE_QUANTITIES if q in self.selective))
-        _require(isinstance(self.heads, SISO),
-                 f"heads must be ssmc.SISO() (MultiHead and MIMO are not implemented yet), got {self.heads!r}")
+        _require(isinstance(self.heads, (SISO, MultiHead)),
+                 f"heads must be ssmc.SISO() or ssmc.MultiHead(headdim=..., groups=...), got {self.heads!r}")
+        if isinstance(self.heads, MultiHead):
+            self._check_multihead()
         for flag in ("skip_D", "gate", "dt_softplus", "dt_bias"):
             _require(isinstance(getattr(self, flag), bool), f"{flag} must be a bool, got {getattr(self, flag)!r}")
         _require(_is_positive_int(self.groups), f"groups must be a positive int, got {self.groups!r}")
@@ -285,6 +303,28 @@ class SSM:
             # only the whole spec knows A's kind: I on a real A, complex parts and their derivatives
             for name, expr in zip(("decay", "input_scale"), self.discretization.formulas()):
                 formula.check_discretization(expr, f"Custom.{name}", self.is_complex)
+
+    def _check_multihead(self):
+        _require(self.groups == 1, f"groups={self.groups}: with MultiHead heads the groups are "
+                                   f"MultiHead(groups=...); expected groups=1 on the SSM")
+        _require(not self.is_complex, "MultiHead heads need a real A (Scalar() or Diagonal(real=True)), got complex A")
+        _require(self.selective == SELECTIVE_QUANTITIES,
+                 f"MultiHead heads need dt, B and C from the input (selective=('dt', 'B', 'C'), the Mamba-2 form), "
+                 f"got selective={self.selective!r}")
+        decay, _ = self.discretization.formulas()
+        _require(isinstance(decay, sympy.exp),
+                 f"discretization {type(self.discretization).__name__}: a MultiHead recurrence is computed from "
+                 f"log-decays (the chunked schedule's masks are their differences), so its decay must be exp(...) "
+                 f"(ZOH(), MambaZOH() or Custom(decay='exp(...)')), got decay {decay}")
+
+    @property
+    def log_decay(self) -> sympy.Expr:
+        """log(A_bar) of an exp-form decay (MultiHead specs), in dt and A."""
+        return self.discretization.formulas()[0].args[0]
+
+    @property
+    def is_multihead(self) -> bool:
+        return isinstance(self.heads, MultiHead)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -309,7 +349,9 @@ class SSM:
             "A": {"structure": type(self.A).__name__, "complex": self.is_complex},
             "discretization": {"kind": type(self.discretization).__name__,
                                "decay": sympy.srepr(decay), "input_scale": sympy.srepr(scale)},
-            "selective": list(self.selective), "heads": type(self.heads).__name__,
+            "selective": list(self.selective),
+            "heads": (type(self.heads).__name__ if not self.is_multihead else
+                      {"kind": "MultiHead", "headdim": self.heads.headdim, "groups": self.heads.groups}),
             "skip_D": self.skip_D, "gate": self.gate, "dt_softplus": self.dt_softplus,
             "dt_bias": self.dt_bias, "groups": self.groups,
         }

@@ -6,6 +6,8 @@ when a kernel is decorated), so that every Triton kernel runs on CPU tensors in 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# stage kernels' outputs start as NaN (ssmc.runtime.stages), so an element never written fails a test
+os.environ.setdefault("SSMC_POISON_OUTPUTS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,56 @@
+"""The structured recurrence: one op that says what a linear recurrence is, not how it runs.
+
+    h_t = decay_t ⊙ h_{t-1} + input_t,      y_t = readout(h_t)
+
+Its parts are data a pass can match on (never a value's name): the state's dimensions per (batch,
+head), the decay's kind (one per head — Mamba-2's scalar A —, one per state entry — Mamba's and
+GLA's diagonal A —, later one given by an input), and the input and readout as contractions written
+like einsum over named dimensions. SISO (Mamba, S4D), multi-head (Mamba-2, GLA) and MIMO (S5's
+dense B and C) recurrences are this one op with different contractions. Every operand carries its
+layout (dimension names in memory order), so (batch, len, heads, headdim) inputs need no transposes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DECAY_KINDS = ("per_head", "per_state", "input")
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    state: tuple            # dimensions of h per (batch, head), e.g. ("headdim", "state")
+    decay: str              # one of DECAY_KINDS
+    input: str              # contraction forming input_t, e.g. "u[headdim], B[state] -> h[headdim, state]"
+    readout: str            # contraction reading y_t, e.g. "h[headdim, state], C[state] -> y[headdim]"
+    layouts: tuple          # ((operand, (dims in memory order)), ...)
+    resets: bool = True     # the state may reset at sequence boundaries (packed variable-length batches)
+
+    def __post_init__(self):
+        assert self.decay in DECAY_KINDS, self.decay
+
+    def layout(self, operand: str) -> tuple:
+        return dict(self.layouts)[operand]
+
+    def dump(self) -> str:
+        lines = [f"recurrence  state ({', '.join(self.state)}) per (batch, heads); decay {self.decay}"
+                 f"{'; resets at sequence boundaries' if self.resets else ''}",
+                 f"  input    {self.input}", f"  readout  {self.readout}"]
+        lines += [f"  {name:<10} ({', '.join(dims)})" for name, dims in self.layouts]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"state": list(self.state), "decay": self.decay, "input": self.input, "readout": self.readout,
+                "layouts": {name: list(dims) for name, dims in self.layouts}, "resets": self.resets}
+
+
+def multihead_recurrence(spec) -> Recurrence:
+    """The recurrence of a MultiHead spec: state (headdim, state) per head, B/C read by group."""
+    decay = "per_head" if type(spec.A).__name__ == "Scalar" else "per_state"
+    return Recurrence(
+        state=("headdim", "state"), decay=decay,
+        input="u[headdim], B[state] -> h[headdim, state]",
+        readout="h[headdim, state], C[state] -> y[headdim]",
+        layouts=(("x", ("batch", "len", "heads", "headdim")), ("dt", ("batch", "len", "heads")),
+                 ("A", ("heads",) if decay == "per_head" else ("heads", "state")),
+                 ("B", ("batch", "len", "groups", "state")), ("C", ("batch", "len", "groups", "state")),
+                 ("h", ("batch", "heads", "headdim", "state"))))

@@ -1,0 +1,187 @@
+"""Stage kernels driven by their operand tables (the package's operands.json, see ssmc/ir/stages.py).
+
+Everything about a stage's operands is derived here from its table, never written by hand per
+stage: the argument checks (rank, dtype, device, one size per dimension name), the output
+allocation (shapes from the bound dimension sizes), the torch.library schema and fake kernel, and
+the C ABI — `int ssmc_<stage>_<float|double>(pointers of the inputs then the outputs in table order
+(NULL for an absent optional input), int64 sizes in the table's `dims` order, int64 params, int
+threads)`, returning 0 on success (nonzero: out of memory).
+
+Outputs are `torch.empty`; with SSMC_POISON_OUTPUTS=1 (the test suite sets it) float outputs start
+as NaN, so an element a kernel failed to write cannot pass for a result.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CompileError, ShapeError
+from .backend import select_backend
+
+_FLOAT_TYPES = {torch.float32: "float", torch.float64: "double"}
+_DTYPES = {"int64": torch.int64}
+# below this much work (elements x steps) a C stage runs on one thread: a parallel region costs more
+SERIAL_WORK = 1 << 16
+
+
+@dataclass(frozen=True)
+class OperandSpec:
+    name: str
+    dims: tuple
+    dtype: str
+    optional: bool
+
+
+class StageTable:
+    """One stage's table, read from operands.json."""
+
+    def __init__(self, data: dict):
+        self.name = data["name"]
+        self.doc = data.get("doc", "")
+        self.dims = tuple(data["dims"])
+        self.params = tuple(data["params"])
+        self.inputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], o["optional"]) for o in data["inputs"])
+        self.outputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], False) for o in data["outputs"])
+
+    # ---- checks and shapes ------------------------------------------------------------------------
+    def bind(self, operands: dict, float_dtype: torch.dtype | None = None) -> dict:
+        """{dimension name: size} from the inputs' shapes; a ShapeError naming the operand and the
+        dimension if an input has the wrong rank, dtype, device, or a size that disagrees."""
+        sizes, where, device = {}, {}, None
+        for spec in self.inputs:
+            x = operands.get(spec.name)
+            if x is None:
+                if not spec.optional:
+                    raise ShapeError(f"{self.name}: operand {spec.name} is required")
+                continue
+            if not isinstance(x, torch.Tensor):
+                raise ShapeError(f"{self.name}: operand {spec.name} must be a tensor, got {type(x).__name__}")
+            if x.dim() != len(spec.dims):
+                raise ShapeError(f"{self.name}: operand {spec.name} must be ({', '.join(spec.dims)}), "
+                                 f"got shape {tuple(x.shape)}")
+            if spec.dtype in _DTYPES:
+                if x.dtype != _DTYPES[spec.dtype]:
+                    raise ShapeError(f"{self.name}: operand {spec.name} must be {spec.dtype}, got {x.dtype}")
+            else:
+                float_dtype = float_dtype or x.dtype
+                if x.dtype != float_dtype or x.dtype not in _FLOAT_TYPES:
+                    raise ShapeError(f"{self.name}: operand {spec.name} must be {float_dtype} (float32 or float64, "
+                                     f"like the other operands), got {x.dtype}")
+            device = device or x.device
+            if x.device != device:
+                raise ShapeError(f"{self.name}: operand {spec.name} is on {x.device}, the others on {device}")
+            for dim, size in zip(spec.dims, x.shape):
+                if sizes.setdefault(dim, size) != size:
+                    raise ShapeError(f"{self.name}: dimension {dim} is {sizes[dim]} in {where[dim]} but {size} in "
+                                     f"{spec.name} (shape {tuple(x.shape)})")
+                where.setdefault(dim, spec.name)
+        missing = [d for d in self.dims if d not in sizes]
+        if missing:
+            raise ShapeError(f"{self.name}: no operand gives dimension(s) {', '.join(missing)}")
+        return sizes
+
+    def output_shapes(self, sizes: dict) -> list:
+        return [tuple(sizes[d] for d in spec.dims) for spec in self.outputs]
+
+    def new_outputs(self, sizes: dict, like: torch.Tensor, poison: bool) -> list:
+        outputs = []
+        for spec, shape in zip(self.outputs, self.output_shapes(sizes)):
+            dtype = _DTYPES.get(spec.dtype, like.dtype)
+            x = like.new_empty(shape, dtype=dtype)
+            if poison and dtype.is_floating_point:
+                x.fill_(float("nan"))
+            outputs.append(x)
+        return outputs
+
+    # ---- the torch.library schema and the C ABI -----------------------------------------------------
+    def schema(self) -> str:
+        arguments = [f"Tensor{'?' if o.optional else ''} {o.name}" for o in self.inputs]
+        arguments += [f"int {p}" for p in self.params]
+        results = ", ".join("Tensor" for _ in self.outputs)
+        return f"({', '.join(arguments)}) -> ({results})" if len(self.outputs) != 1 else \
+            f"({', '.join(arguments)}) -> Tensor"
+
+    def c_argtypes(self) -> list:
+        return ([ctypes.c_void_p] * (len(self.inputs) + len(self.outputs))
+                + [ctypes.c_int64] * (len(self.dims) + len(self.params)) + [ctypes.c_int])
+
+    def c_arguments(self, operands: dict, outputs: list, sizes: dict, params: dict, threads: int) -> list:
+        pointers = [operands[o.name].data_ptr() if operands.get(o.name) is not None else None for o in self.inputs]
+        pointers += [x.data_ptr() for x in outputs]
+        return pointers + [sizes[d] for d in self.dims] + [params[p] for p in self.params] + [threads]
+
+
+def poison_outputs() -> bool:
+    return os.environ.get("SSMC_POISON_OUTPUTS", "0") not in ("", "0")
+
+
+def _contiguous(table: StageTable, operands: dict) -> dict:
+    return {name: (x.contiguous() if isinstance(x, torch.Tensor) else x) for name, x in operands.items()}
+
+
+class StageLibrary:
+    """The stage kernels of one generated package, on every backend, called by table."""
+
+    def __init__(self, package: str, directory: str, tables: dict):
+        self.package = package
+        self.directory = directory
+        self.tables = {name: StageTable(data) for name, data in tables.items()}
+        self._modules = {}
+        self._c_functions = {}
+        self._lock = threading.Lock()
+
+    def run(self, name: str, params: dict | None = None, **operands) -> list:
+        """Outputs of stage `name` on `operands` (tensors by table name), on the backend of their device."""
+        table = self.tables[name]
+        params = dict(params or {})
+        operands = _contiguous(table, operands)
+        sizes = table.bind(operands)
+        like = next(operands[o.name] for o in table.inputs if operands.get(o.name) is not None
+                    and o.dtype not in _DTYPES)
+        outputs = table.new_outputs(sizes, like, poison_outputs())
+        if any(x.numel() == 0 for x in outputs):
+            raise ShapeError(f"{name}: empty outputs never reach a kernel; the caller handles them")
+        backend = select_backend(like.device)
+        if backend == "c":
+            self._run_c(table, operands, outputs, sizes, params, like.dtype)
+        else:
+            getattr(self._module(backend), name)(**operands, **params, **{o.name: x for o, x in zip(table.outputs, outputs)})
+        return outputs
+
+    def _module(self, backend: str):
+        module = self._modules.get(backend)
+        if module is None:
+            with self._lock:
+                module = self._modules.get(backend)
+                if module is None:
+                    module = self._modules[backend] = importlib.import_module(f"{self.package}.stages_{backend}")
+        return module
+
+    def _c_function(self, table: StageTable, dtype: torch.dtype):
+        key = (table.name, dtype)
+        function = self._c_functions.get(key)
+        if function is None:
+            from .cbuild import load_library
+            precision = _FLOAT_TYPES[dtype]
+            symbol = f"ssmc_{table.name}_{precision}"
+            library = load_library(os.path.join(self.directory, "stages_c.c"), defines=("SSMC_" + precision.upper(),),
+                                   flags=("-O3",), symbols=(symbol,))
+            function = getattr(library, symbol)
+            function.argtypes = table.c_argtypes()
+            function.restype = ctypes.c_int
+            self._c_functions[key] = function
+        return function
+
+    def _run_c(self, table, operands, outputs, sizes, params, dtype):
+        work = max(x.numel() for x in outputs)
+        threads = 1 if work < SERIAL_WORK else torch.get_num_threads()
+        status = self._c_function(table, dtype)(*table.c_arguments(operands, outputs, sizes, params, threads))
+        if status != 0:
+            if status == 1:
+                raise MemoryError(f"ssmc C stage {table.name}: out of memory for its scratch")
+            raise CompileError(f"ssmc C stage {table.name} failed with status {status}")
