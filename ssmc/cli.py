@@ -14,9 +14,11 @@ from .errors import ScheduleError, SSMCError
 from .ir.schedule import SCHEDULES
 from .spec import SSM
 
-SCHEDULE_HELP = "scan, conv, or auto: the cost model chooses per call (default: auto)"
+SCHEDULE_HELP = ("scan (alias sequential), conv (time-invariant specs), chunked (MultiHead specs), or auto: "
+                 "the cost model chooses per call (default: auto)")
 SHAPE_ALIASES = {"batch": "batch", "b": "batch", "len": "len", "l": "len", "length": "len",
-                 "dim": "dim", "d": "dim", "h": "dim", "channels": "dim", "state": "state", "n": "state"}
+                 "dim": "dim", "d": "dim", "h": "dim", "channels": "dim", "state": "state", "n": "state",
+                 "heads": "heads", "headdim": "headdim", "p": "headdim"}
 
 
 def load_specs(path: str) -> dict:
@@ -76,7 +78,7 @@ def parse_shape(text: str) -> dict:
         value = value.strip()
         # ASCII digits only: '²'.isdigit() is True, and int('²') fails
         if not sep or canonical is None or not (value.isascii() and value.isdigit()) or int(value) <= 0:
-            raise SSMCError(f"--shape: expected name=positive int with names in batch, len, dim, state, "
+            raise SSMCError(f"--shape: expected name=positive int with names in batch, len, dim, state, heads, headdim, "
                             f"got {item!r}")
         shape[canonical] = int(value)
     return shape
@@ -130,6 +132,9 @@ def cmd_explain(args) -> int:
             lowered = lower(spec, args.schedule)
         print(f"#### {variable}: spec '{spec.name}' ({spec.content_hash()}), schedule {args.schedule}\n")
         print(lowered.dump())
+        if spec.is_multihead:
+            _explain_pipelines(lowered, spec, shape)
+            continue
         bound = {"batch": 1, "len": 1024, "dim": 1, "state": spec.d_state}
         bound.update(shape)
         print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
@@ -143,6 +148,20 @@ def cmd_explain(args) -> int:
             print(f"  {decision.subject}: {fixed} ({how}; {decision.reason})")
         print()
     return 0
+
+
+def _explain_pipelines(lowered, spec, shape: dict) -> None:
+    """Every candidate pipeline's cost at one call shape, and the one the generated module would run."""
+    from .ir.pipelines import DIMS
+    bound = {"batch": 1, "len": 2048, "heads": 8, "headdim": spec.heads.headdim, "state": spec.d_state}
+    bound.update({k: v for k, v in shape.items() if k in bound})
+    print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
+    values = {}
+    for record in lowered.schedule.candidates:
+        values[record] = float(record.cost().subs({DIMS[k]: v for k, v in bound.items()}))
+        print(f"  {record.text:<12} cost = {values[record]:.4g}")
+    winner = min(lowered.schedule.candidates, key=values.get)
+    print(f"  winner: {winner.text} (record {winner.to_json()}; replay with ssmc.compile(spec, schedule=...))\n")
 
 
 def main(argv=None) -> int:

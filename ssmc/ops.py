@@ -13,7 +13,7 @@ import torch
 
 from .errors import ShapeError
 from .runtime.calls import compute_dtype
-from .spec import SSM, Diagonal, MambaZOH, discretization_from_name
+from .spec import SSM, Diagonal, MambaZOH, MultiHead, Scalar, discretization_from_name
 
 _PACKAGES = {}
 _LOCK = threading.Lock()
@@ -22,6 +22,11 @@ _LOCK = threading.Lock()
 def _spec_of(key: tuple) -> tuple:
     """(spec, schedule) a call signature stands for (the key holds Python constants only). The
     schedule is a compile option beside the spec; a selective spec has only the scan ("auto")."""
+    if key[0] == "chunk_scan":
+        _, n_state, headdim, groups, has_D, has_z, schedule = key
+        return SSM(name="chunk_scan", d_state=n_state, A=Scalar(), discretization=MambaZOH(),
+                   selective=("dt", "B", "C"), heads=MultiHead(headdim=headdim, groups=groups), skip_D=has_D,
+                   gate=has_z, dt_softplus=True, dt_bias=True), schedule
     if key[0] == "selective_scan":
         _, n_state, is_complex, selective, has_D, has_z, softplus, has_bias = key
         return SSM(name="selective_scan", d_state=n_state, A=Diagonal(real=not is_complex),
@@ -153,3 +158,41 @@ def lti_kernel(dt, A, B, C, length, discretization="zoh"):
         raise ShapeError(f"length: expected an int >= 0, got {length!r}")
     key = lti_ssm_key(n_state, A.is_complex(), discretization, True, "auto")
     return _package(key).conv_kernel(dt, A, B, C, length)
+
+
+def chunk_scan_key(d_state, headdim, groups=1, has_D=True, has_z=True, schedule="auto") -> tuple:
+    """The signature under which `mamba_chunk_scan_combined` caches the package of such a call (dt
+    bias and softplus are per-call options of the package, not part of its key)."""
+    return ("chunk_scan", d_state, headdim, groups, bool(has_D), bool(has_z), schedule)
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+                              return_final_states=False):
+    """Mamba-2's SSD, mamba_ssm's `mamba_chunk_scan_combined` (same layouts and semantics):
+
+    x, z (batch, len, heads, headdim); dt (batch, len, heads); A, dt_bias (heads,); B, C (batch, len,
+    groups, N); D (heads,) or (heads, headdim); initial_states (batch, heads, headdim, N); seq_idx
+    (batch, len) int ids, or cu_seqlens (num_sequences + 1,) offsets of a packed batch of 1: the state
+    resets where the sequence changes and the initial state belongs to sequence 0.
+        dt = clamp(softplus(dt + dt_bias), *dt_limit)     (softplus if dt_softplus)
+        h_t = exp(dt_t·A)·h_{t-1} + dt_t·x_t ⊗ B_t,   y_t = (h_t·C_t + D·x_t)·silu(z_t)
+    `chunk_size`: the chunked pipeline with that chunk; None lets ssmc's cost model choose the
+    pipeline (sequential or chunked) and the chunk per call shape. Returns y in x's dtype and, with
+    return_final_states, the final state (batch, heads, headdim, N) — with cu_seqlens one per
+    sequence (num_sequences, heads, headdim, N). Differentiable in every tensor.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"x: expected a tensor of shape (batch, len, heads, headdim), got {got}")
+    if not isinstance(B, torch.Tensor) or B.dim() != 4:
+        got = tuple(B.shape) if isinstance(B, torch.Tensor) else type(B).__name__
+        raise ShapeError(f"B: expected a tensor of shape (batch, len, groups, N), got {got}")
+    for name, size, what in (("x", x.shape[3], "headdim"), ("B", B.shape[2], "groups"), ("B", B.shape[3], "N")):
+        if size < 1:
+            raise ShapeError(f"{name}: {what} must be at least 1, got shape {tuple((x if name == 'x' else B).shape)}")
+    key = chunk_scan_key(operator.index(B.shape[3]), operator.index(x.shape[3]), operator.index(B.shape[2]),
+                         D is not None, z is not None)
+    return _package(key).apply(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                               initial_states=initial_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
+                               dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states)
