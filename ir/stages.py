@@ -52,6 +52,9 @@ class Stage:
     outputs: tuple
     params: tuple = ()
     dims: tuple = field(default=())
+    # relations between sizes the kernels rely on, checked by the runtime before any launch:
+    # ("divides", d, e): size d divides size e; ("covers", c, k, e): c·k >= e
+    checks: tuple = ()
 
     def __post_init__(self):
         if not self.dims:
@@ -67,6 +70,7 @@ class Stage:
 
     def to_json(self) -> dict:
         return {"name": self.name, "doc": self.doc, "dims": list(self.dims), "params": list(self.params),
+                "checks": [list(check) for check in self.checks],
                 "inputs": [_operand_json(o) for o in self.inputs],
                 "outputs": [_operand_json(o) for o in self.outputs]}
 
@@ -99,16 +103,19 @@ CARRY = Operand("carry", ("batch", "heads", "chunks"),
 ENTERING_IDS = Operand("entering_ids", ("batch", "chunks"), dtype=INDEX, optional=True,
                        doc="sequence id of the state entering each chunk (the previous chunk's last id; 0 first)")
 
+GROUPED = tuple(("divides", groups, "heads") for groups in ("u_heads", "b_heads", "c_heads"))
+COVERS_LEN = (("covers", "chunks", "chunk", "len"),)
+
 SSD_SCAN = Stage(
     "ssd_scan",
     "the sequential schedule: one pass over time per (batch, head), the state in registers/cache",
-    inputs=(U, LOG_DECAY, B, C, H0, SEQ_IDX), outputs=(Y, FINAL))
+    inputs=(U, LOG_DECAY, B, C, H0, SEQ_IDX), outputs=(Y, FINAL), checks=GROUPED)
 
 CHUNK_STATE = Stage(
     "chunk_state",
     "each chunk's own state at its last step, from a zero state: a (headdim x chunk)(chunk x state) "
     "product weighted by exp(cum_last - cum_l), over the steps of the chunk's last sequence",
-    inputs=(U, CUM, B, SEQ_IDX), outputs=(STATES,))
+    inputs=(U, CUM, B, SEQ_IDX), outputs=(STATES,), checks=GROUPED[:2] + COVERS_LEN)
 
 STATE_PASSING = Stage(
     "state_passing",
@@ -119,7 +126,7 @@ CHUNK_SCAN = Stage(
     "chunk_scan",
     "each chunk's outputs: the masked product (C B^T ∘ exp(cum_i - cum_j))·u inside the chunk, plus the "
     "entering state read out through exp(cum_i)",
-    inputs=(U, CUM, B, C, ENTERING, SEQ_IDX, ENTERING_IDS), outputs=(Y,))
+    inputs=(U, CUM, B, C, ENTERING, SEQ_IDX, ENTERING_IDS), outputs=(Y,), checks=GROUPED + COVERS_LEN)
 
 MULTIHEAD_STAGES = {stage.name: stage for stage in (SSD_SCAN, CHUNK_STATE, STATE_PASSING, CHUNK_SCAN)}
 

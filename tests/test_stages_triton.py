@@ -95,8 +95,6 @@ def test_chunk_scan(library, backend, case, dtype, with_ids):
     backend("triton")
     dtype, tol = dtype
     ops, chunk, cum, carry, entering_ids = _operands(case, dtype, seed=3)
-    if not with_ids and ops["seq_idx"] is None:
-        pytest.skip("entering_ids only matter with seq_idx")
     batch, heads, chunks, _ = cum.shape
     entering = torch.randn(batch, chunks, heads, *ops["u"].shape[3:], ops["B"].shape[3], dtype=dtype)
     common = dict(u=ops["u"], cum=cum, B=ops["B"], C=ops["C"], entering=entering, seq_idx=ops["seq_idx"])

@@ -45,6 +45,7 @@ class StageTable:
         self.doc = data.get("doc", "")
         self.dims = tuple(data["dims"])
         self.params = tuple(data["params"])
+        self.checks = tuple(tuple(check) for check in data.get("checks", ()))
         self.inputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], o["optional"]) for o in data["inputs"])
         self.outputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], False) for o in data["outputs"])
 
@@ -83,6 +84,13 @@ class StageTable:
         missing = [d for d in self.dims if d not in sizes]
         if missing:
             raise ShapeError(f"{self.name}: no operand gives dimension(s) {', '.join(missing)}")
+        for kind, *names in self.checks:
+            if kind == "divides" and (sizes[names[0]] == 0 or sizes[names[1]] % sizes[names[0]]):
+                raise ShapeError(f"{self.name}: {names[0]}={sizes[names[0]]} must divide {names[1]}={sizes[names[1]]} "
+                                 f"(each group serves heads // groups heads)")
+            if kind == "covers" and sizes[names[0]] * sizes[names[1]] < sizes[names[2]]:
+                raise ShapeError(f"{self.name}: {names[0]}·{names[1]} = {sizes[names[0]] * sizes[names[1]]} must cover "
+                                 f"{names[2]}={sizes[names[2]]}")
         return sizes
 
     def output_shapes(self, sizes: dict) -> list:
