@@ -7,7 +7,7 @@ import json
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..ir.pipelines import DIMS
+from ..ir.pipelines import DIMS, TARGETS
 from ..ir.stages import operand_tables
 from .printers import TorchPrinter
 from .render import indent, print_block, render
@@ -41,7 +41,7 @@ def _module_source(lowered) -> str:
         schedule_request=lowered.schedule.request,
         schedule_summary="; ".join(f"{r.text} ({' -> '.join(s.name for s in r.stages)})" for r in records),
         candidates=repr([(r.name, r.chunk) for r in records]),
-        costs=[_python_cost(r.cost()) for r in records],
+        costs={target: [_python_cost(r.cost(target)) for r in records] for target in TARGETS},
         prologue_lines=indent(print_block(lowered.prologue, TorchPrinter()), 4))
 
 

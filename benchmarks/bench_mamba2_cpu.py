@@ -4,7 +4,7 @@ torch path), on the same inputs, forward and forward+backward, with peak memory;
 against its sequential schedule at several lengths, to check the cost model's choice.
 
 Every case runs in a fresh subprocess, so that its peak resident memory (ru_maxrss, minus the
-process's resident size just before the timed work) belongs to it alone. Times are the median of
+process's resident size after the inputs are made, before the first call) belongs to it alone. Times are the median of
 `--repeat` runs after one warm-up. transformers is a benchmark-only dependency
 (`pip install transformers`); its cases are skipped, and said so, without it.
 
@@ -68,8 +68,8 @@ def run_case(case: dict) -> dict:
                 y.backward(torch.ones_like(y))
         return y
 
+    base = _rss_mb()                          # inputs made, libraries imported; before any call
     once()                                    # warm-up: compiles ssmc's package and C library once
-    base = _rss_mb()
     times = []
     for _ in range(case["repeat"]):
         start = time.perf_counter()
@@ -89,7 +89,8 @@ def measure(case: dict) -> dict:
 def _row(case, result):
     if "error" in result:
         return f"| {case['impl']} | {case['chunk']} | {case['mode']} | {case['len']} | error: {result['error'][:80]} | |"
-    return (f"| {case['impl']} | {case['chunk'] or 'cost model'} | {case['mode']} | {case['len']} | "
+    chunk = case["chunk"] or ("-" if case["impl"] == "ssmc-sequential" else "cost model")
+    return (f"| {case['impl']} | {chunk} | {case['mode']} | {case['len']} | "
             f"{result['ms']:.1f} | {result['peak_mb']:.0f} |")
 
 

@@ -6,11 +6,19 @@ package that always runs that pipeline; `"auto"` keeps every legal candidate and
 module picks the cheapest per call shape, from the cost formulas printed into it. A pipeline whose
 precondition the recurrence breaks raises ScheduleError naming the precondition.
 
-Cost model (flop-equivalents, per call; constants from measurements on a 2-core AVX-512 CPU, to be
-replaced by tuning): the sequential scan does 2·P·N multiply-adds per (batch, head, step) but they
-are dependent in time and run at SEQUENTIAL_EFFICIENCY of a matrix product's speed; the chunked
-form does, per chunk of Q steps, Q²·N (scores) + Q²·P (scores·u) + 2·Q·P·N (chunk states and the
-entering state's readout) as matrix products, plus the state passing's P·N per chunk.
+Cost model (flop-equivalents, per call, per target; `ssmc tune` will replace the constants with
+measurements). Per (batch, head, step) the sequential scan does 2·P·N dependent multiply-adds; the
+chunked form does, per chunk of Q steps, Q²·N (scores C·Bᵀ) + Q²·P/2 (the causal half of scores·u)
++ 2·Q·P·N (the chunk's state and the entering state's readout) as small matrix products, and
+writes and reads back two (P, N) states per chunk (state passing).
+- c: calibrated on a 2-core AVX-512 EPYC (benchmarks/RESULTS.md, 2026-12-07): relative to the
+  generated C scan's multiply-add, a chunk-product multiply-add costs ~1/4 and each state number
+  written and read back ~32 (fitted to the chunk 64 and 256 forward times at len 2048); with these,
+  and as measured at len 512 to 8192 (headdim 64, N 128), the sequential pipeline wins on the CPU.
+- torch: as c, but each sequential step is a Python loop trip over several torch calls.
+- triton: not measured yet (no GPU was lent): the sequential scan parallelises only over batch,
+  heads and headdim blocks, so each of its L steps costs a full step latency; the chunked products
+  run on tensor cores (~16× a scalar multiply-add), its chunks in parallel.
 """
 from __future__ import annotations
 
@@ -27,8 +35,12 @@ PIPELINE_NAMES = ("sequential", "chunked")
 CHUNK_SIZES = (64, 128, 256)          # the candidates of "auto"; any power of two from 8 may be recorded
 DIMS = {name: sympy.Symbol(name, positive=True, integer=True)
         for name in ("batch", "len", "heads", "headdim", "state")}
-SEQUENTIAL_EFFICIENCY = sympy.Rational(1, 2)  # a dependent step vs a matrix product, per multiply-add
-STEP_OVERHEAD = 2 ** 10                        # per dependent step of a pipeline (a loop trip, a chunk)
+TARGETS = ("c", "torch", "triton")      # the backend that runs the call
+# target -> (sequential multiply-add, chunk-product multiply-add, state number stored and reloaded,
+#            latency of one dependent step of the sequential scan, latency of one chunk's passing)
+COSTS = {"c": (1, sympy.Rational(1, 4), 32, 0, 2 ** 10),
+         "torch": (1, sympy.Rational(1, 4), 32, 2 ** 20, 2 ** 12),
+         "triton": (1, sympy.Rational(1, 16), 4, 2 ** 16, 2 ** 10)}
 
 
 @dataclass(frozen=True)
@@ -54,14 +66,15 @@ class PipelineRecord:
     def stages(self) -> tuple:
         return (SSD_SCAN,) if self.name == "sequential" else (CHUNK_STATE, STATE_PASSING, CHUNK_SCAN)
 
-    def cost(self) -> sympy.Expr:
+    def cost(self, target: str = "c") -> sympy.Expr:
         b, L, H, P, N = DIMS.values()
+        scan, product, stored, step, passing = COSTS[target]
         if self.name == "sequential":
-            return b * H * L * 2 * P * N / SEQUENTIAL_EFFICIENCY + STEP_OVERHEAD * L
+            return b * H * L * 2 * P * N * scan + step * L
         Q = self.chunk
         chunks = sympy.ceiling(L / Q)
-        per_chunk = Q * Q * N + Q * Q * P / 2 + 2 * Q * P * N + P * N
-        return b * H * chunks * per_chunk + STEP_OVERHEAD * chunks
+        per_chunk = (Q * Q * N + Q * Q * P / 2 + 2 * Q * P * N) * product + 4 * P * N * stored
+        return b * H * chunks * per_chunk + passing * chunks
 
     def to_json(self) -> dict:
         return {"pipeline": self.name, "chunk": self.chunk}
@@ -99,16 +112,14 @@ class MultiHeadSchedule:
             seen += [s for s in record.stages if s not in seen]
         return tuple(seen)
 
-    def costs(self) -> dict:
-        return {record.text: record.cost() for record in self.candidates}
-
-    def choose(self, shape: dict) -> PipelineRecord:
-        values = {record: float(record.cost().subs({DIMS[k]: v for k, v in shape.items() if k in DIMS}))
+    def choose(self, shape: dict, target: str = "c") -> PipelineRecord:
+        values = {record: float(record.cost(target).subs({DIMS[k]: v for k, v in shape.items() if k in DIMS}))
                   for record in self.candidates}
         return min(self.candidates, key=lambda r: values[r])
 
     def to_json(self) -> dict:
-        return {"request": self.request, "candidates": [r.to_json() | {"cost": str(r.cost())} for r in self.candidates]}
+        return {"request": self.request,
+                "candidates": [r.to_json() | {f"cost_{t}": str(r.cost(t)) for t in TARGETS} for r in self.candidates]}
 
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
@@ -118,7 +129,8 @@ class MultiHeadSchedule:
                  f"{'fixed' if self.fixed else 'the cheapest candidate per call shape'})"]
         for record in self.candidates:
             lines.append(f"  {record.text}: stages {' -> '.join(s.name for s in record.stages)}")
-            lines.append(f"      cost = {record.cost()}")
+            for target in TARGETS:
+                lines.append(f"      cost[{target}] = {record.cost(target)}")
         return "\n".join(lines)
 
 

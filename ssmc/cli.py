@@ -152,16 +152,19 @@ def cmd_explain(args) -> int:
 
 def _explain_pipelines(lowered, spec, shape: dict) -> None:
     """Every candidate pipeline's cost at one call shape, and the one the generated module would run."""
-    from .ir.pipelines import DIMS
+    from .ir.pipelines import DIMS, TARGETS
     bound = {"batch": 1, "len": 2048, "heads": 8, "headdim": spec.heads.headdim, "state": spec.d_state}
     bound.update({k: v for k, v in shape.items() if k in bound})
     print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
-    values = {}
-    for record in lowered.schedule.candidates:
-        values[record] = float(record.cost().subs({DIMS[k]: v for k, v in bound.items()}))
-        print(f"  {record.text:<12} cost = {values[record]:.4g}")
-    winner = min(lowered.schedule.candidates, key=values.get)
-    print(f"  winner: {winner.text} (record {winner.to_json()}; replay with ssmc.compile(spec, schedule=...))\n")
+    for target in TARGETS:
+        values = {}
+        for record in lowered.schedule.candidates:
+            values[record] = float(record.cost(target).subs({DIMS[k]: v for k, v in bound.items()}))
+            print(f"  {target}: {record.text:<12} cost = {values[record]:.4g}")
+        winner = min(lowered.schedule.candidates, key=values.get)
+        print(f"  {target}: winner {winner.text} (record {winner.to_json()}; replay with "
+              f"ssmc.compile(spec, schedule=...))")
+    print()
 
 
 def main(argv=None) -> int:

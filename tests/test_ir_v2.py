@@ -133,6 +133,6 @@ def test_explain_prints_every_candidate_and_the_winner(tmp_path, capsys):
     spec_file.write_text("import ssmc\nm2 = ssmc.presets.mamba2()\n", encoding="utf-8")
     assert main(["explain", str(spec_file), "--shape", "batch=2,len=8192,heads=32"]) == 0
     out = capsys.readouterr().out
-    for text in ("== recurrence ==", "decay per_head", "chunk_scan", "sequential   cost =", "chunked256   cost =",
-                 "winner: "):
+    for text in ("== recurrence ==", "decay per_head", "chunk_scan", "c: sequential   cost =", "triton: chunked256   cost =",
+                 "c: winner ", "triton: winner "):
         assert text in out
