@@ -47,3 +47,12 @@ def core_inputs(batch=2, length=37, heads=4, headdim=3, state=5, u_heads=2, b_he
         ids[-1] += 1            # the last row starts in another sequence than id 0: h0 unused there
         operands["seq_idx"] = ids
     return operands
+
+
+def run_chunked(library, ops, cum, carry, entering_ids):
+    """(y, final) of the chunked pipeline: chunk_state -> state_passing -> chunk_scan."""
+    states, = library.run("chunk_state", u=ops["u"], cum=cum, B=ops["B"], seq_idx=ops["seq_idx"])
+    entering, final = library.run("state_passing", states=states, carry=carry, h0=ops["h0"])
+    y, = library.run("chunk_scan", u=ops["u"], cum=cum, B=ops["B"], C=ops["C"], entering=entering,
+                     seq_idx=ops["seq_idx"], entering_ids=entering_ids)
+    return y, final

@@ -21,7 +21,7 @@ from ssmc.ir.stages import CHUNK_STATE, MULTIHEAD_STAGES, SSD_SCAN, Operand, Sta
 from ssmc.reference_ssd import (core_chunk_inputs, core_chunk_scan_ref, core_chunk_state_ref,
                                 core_state_passing_ref, ssd_core_ref)
 from ssmc.runtime.backend import c_compiler
-from stage_harness import core_inputs, stage_library
+from stage_harness import core_inputs, stage_library, run_chunked
 
 # CI has a C compiler, and there a missing one is a failure, never a skip
 pytestmark = pytest.mark.skipif(c_compiler() is None and not os.environ.get("CI"), reason="no C compiler")
@@ -142,10 +142,7 @@ def test_chunked_pipeline_is_the_recurrence(library, backend, case, chunk, dtype
     dtype, tol = dtype
     ops = core_inputs(dtype=dtype, seed=4, **case)
     cum, carry, entering_ids = _chunked(ops, chunk, dtype)
-    states, = library.run("chunk_state", u=ops["u"], cum=cum, B=ops["B"], seq_idx=ops["seq_idx"])
-    entering, final = library.run("state_passing", states=states, carry=carry, h0=ops["h0"])
-    y, = library.run("chunk_scan", u=ops["u"], cum=cum, B=ops["B"], C=ops["C"], entering=entering,
-                     seq_idx=ops["seq_idx"], entering_ids=entering_ids)
+    y, final = run_chunked(library, ops, cum, carry, entering_ids)
     y_ref, final_ref = ssd_core_ref(**ops)
     assert rel_error(y, y_ref) < tol
     assert rel_error(final, final_ref) < tol

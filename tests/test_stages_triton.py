@@ -20,7 +20,7 @@ from ssmc.errors import CompileError
 from ssmc.ir.stages import CHUNK_SCAN, MULTIHEAD_STAGES, SSD_SCAN
 from ssmc.reference_ssd import (core_chunk_inputs, core_chunk_scan_ref, core_chunk_state_ref,
                                 core_state_passing_ref, ssd_core_ref)
-from stage_harness import core_inputs, stage_library
+from stage_harness import core_inputs, stage_library, run_chunked
 
 CASES = {
     "grouped-h0-L37-c8": dict(length=37, chunk=8),
@@ -107,10 +107,7 @@ def test_chunked_pipeline_is_the_recurrence(library, backend, case, dtype):
     backend("triton")
     dtype, tol = dtype
     ops, chunk, cum, carry, entering_ids = _operands(case, dtype, seed=4)
-    states, = library.run("chunk_state", u=ops["u"], cum=cum, B=ops["B"], seq_idx=ops["seq_idx"])
-    entering, final = library.run("state_passing", states=states, carry=carry, h0=ops["h0"])
-    y, = library.run("chunk_scan", u=ops["u"], cum=cum, B=ops["B"], C=ops["C"], entering=entering,
-                     seq_idx=ops["seq_idx"], entering_ids=entering_ids)
+    y, final = run_chunked(library, ops, cum, carry, entering_ids)
     y_ref, final_ref = ssd_core_ref(**ops)
     assert rel_error(y, y_ref) < tol
     assert rel_error(final, final_ref) < tol
