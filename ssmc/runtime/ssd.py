@@ -68,9 +68,13 @@ def _group_sum(per_head, groups):
     return per_head.reshape(batch, length, groups, heads // groups, width).sum(3)
 
 
-def _by_head(x, heads):
-    groups = x.shape[2]
-    return x if groups == heads else x.repeat_interleave(heads // groups, dim=2)
+def _dot_by_group(grouped, per_head):
+    """Σ_n grouped[b, l, h // (heads // groups), n]·per_head[b, l, h, n] -> (batch, len, heads),
+    as a batched product: the group is never expanded to every head."""
+    batch, length, heads, width = per_head.shape
+    groups = grouped.shape[2]
+    products = torch.matmul(per_head.reshape(batch, length, groups, heads // groups, width), grouped[..., None])
+    return products.reshape(batch, length, heads)
 
 
 def _segment_reverse_cumsum(values, seq_idx):
@@ -154,14 +158,16 @@ class MultiHeadOps:
         flip = lambda x: x.flip(1).contiguous()  # noqa: E731
         log_decay_r, ids_r = _reverse_decay(log_decay).contiguous(), _reverse_ids(seq_idx)
 
-        du_r, dh0_r = run(flip(dy), log_decay_r, flip(C), flip(B), dfinal, ids_r)
-        du = _group_sum(du_r.flip(1), u.shape[2])
+        # each (batch, len, heads, ...) tensor is flipped once, and per-head results are reduced to
+        # their groups (or to per-step dot products) before being flipped back
+        dy_r, C_r, B_r = flip(dy), flip(C), flip(B)
+        du_r, dh0_r = run(dy_r, log_decay_r, C_r, B_r, dfinal, ids_r)
+        du = _group_sum(du_r, u.shape[2]).flip(1)
         dC_head, _ = run(B, log_decay, u, dy, h0.transpose(-1, -2).contiguous() if h0 is not None else None, seq_idx)
         dfinal_t = dfinal.transpose(-1, -2).contiguous() if dfinal is not None else None
-        dB_r, _ = run(flip(C), log_decay_r, flip(dy), flip(u), dfinal_t, ids_r)
-        dB_head = dB_r.flip(1)
+        dB_head_r, _ = run(C_r, log_decay_r, dy_r, flip(u), dfinal_t, ids_r)
 
-        per_step = ((_by_head(C, heads) * dC_head).sum(-1) - (_by_head(B, heads) * dB_head).sum(-1))
+        per_step = _dot_by_group(C, dC_head) - _dot_by_group(B_r, dB_head_r).flip(1)
         if dfinal is not None:       # the final state is read out at the last step too, by dfinal
             per_step[:, -1] += (dfinal * final).sum((-1, -2))
         dlog_decay = _segment_reverse_cumsum(per_step, seq_idx).to(log_decay.dtype)
@@ -171,5 +177,5 @@ class MultiHeadOps:
             if seq_idx is not None:
                 first = first * (seq_idx[:, 0] == 0).to(first.dtype)[:, None]
             dh0 = first[:, :, None, None] * dh0_r
-        return (du, dlog_decay, _group_sum(dB_head, B.shape[2]), _group_sum(dC_head, C.shape[2]), dh0,
+        return (du, dlog_decay, _group_sum(dB_head_r, B.shape[2]).flip(1), _group_sum(dC_head, C.shape[2]), dh0,
                 None, None, None)
