@@ -182,3 +182,58 @@ def test_torch_compile_traces_the_op_with_fullgraph(backend, backend_name, chunk
     y.sum().backward()
     assert rel(y, reference(args)) < TOLERANCE[torch.float32]
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_hostile_layouts_and_dtypes(backend):
+    """Non-contiguous views, int32 ids and float16 inputs are accepted and computed right."""
+    backend("c")
+    package = compile_package(spec_for(), "auto")
+    args = inputs(dtype=torch.float64, length=20)
+    views = dict(args)
+    views["x"] = args["x"].transpose(1, 2).contiguous().transpose(1, 2)          # strides of (b, h, l, p)
+    views["B"] = torch.cat([args["B"], args["B"]], dim=-1)[..., : args["B"].shape[-1]]   # a strided slice
+    seq_idx = torch.tensor([[0] * 9 + [1] * 11, [0] * 20], dtype=torch.int32)
+    y = package.apply(**views, chunk_size=8, seq_idx=seq_idx, dt_softplus=True)
+    assert rel(y, reference(args, seq_idx=seq_idx.long())) < TOLERANCE[torch.float64]
+    half = {k: (v.half() if v is not None and k != "A" else v) for k, v in args.items()}
+    y = package.apply(**half, dt_softplus=True)
+    assert y.dtype == torch.float16 and rel(y, reference(half)) < 3e-3
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(seq_idx=torch.zeros(2, 21)), "seq_idx: expected an integer tensor"),
+    (dict(seq_idx=torch.zeros(2, 20, dtype=torch.long)), r"seq_idx: expected an integer tensor of shape \(batch, len\)"),
+    (dict(cu_seqlens=torch.tensor([0, 21])), "cu_seqlens: describes a packed batch of 1"),
+    (dict(chunk_size=0), "chunk_size: expected a power of two"),
+    (dict(initial_states=torch.zeros(2, 4, 3, 4)), r"initial_states: expected shape"),
+    (dict(z=torch.zeros(2, 21, 4, 2)), "z: expected shape like x"),
+    (dict(dt_limit=(0.0, float("nan"))), "dt_limit: expected"),
+])
+def test_bad_arguments_are_refused_before_any_kernel(backend, bad, message):
+    backend("c")
+    package = compile_package(spec_for(), "auto")
+    args = {**inputs(dtype=torch.float32), **{k: v for k, v in bad.items() if k in ("initial_states", "z")}}
+    options = {k: v for k, v in bad.items() if k not in ("initial_states", "z")}
+    with pytest.raises(ssmc.ShapeError, match=message):
+        package.apply(**args, dt_softplus=True, **options)
+
+
+def test_first_use_from_two_threads(backend):
+    """Two threads compiling and running one new spec at once get one package and the same results."""
+    import threading
+    backend("c")
+    args = inputs(dtype=torch.float64, length=16)
+    results, errors = [None, None], []
+
+    def work(i):
+        try:
+            results[i] = compile_package(spec_for(name="m2_threads"), "auto").apply(**args, dt_softplus=True)
+        except BaseException as exc:        # noqa: BLE001 -- reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert torch.equal(results[0], results[1]) and rel(results[0], reference(args)) < TOLERANCE[torch.float64]
