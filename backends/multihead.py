@@ -39,7 +39,7 @@ def _module_source(lowered) -> str:
         has_z=spec.gate, dt_softplus=spec.dt_softplus, dt_text=f"clamp({dt_text}, *dt_limit)",
         log_decay_text=str(prologue["log_decay"]), scale_text=str(prologue["input_scale"]),
         schedule_request=lowered.schedule.request,
-        schedule_summary="; ".join(f"{r.text} ({' -> '.join(s.name for s in r.stages)})" for r in records),
+        schedule_summary=[f"{r.text}: {' -> '.join(s.name for s in r.stages)}" for r in records],
         candidates=repr([(r.name, r.chunk) for r in records]),
         costs={target: [_python_cost(r.cost(target)) for r in records] for target in TARGETS},
         prologue_lines=indent(print_block(lowered.prologue, TorchPrinter()), 4))
