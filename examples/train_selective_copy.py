@@ -10,6 +10,7 @@ solves it directly by making dt depend on the token (hold the state over blanks,
 
     python examples/train_selective_copy.py --model mamba
     python examples/train_selective_copy.py --model s4d
+    python examples/train_selective_copy.py --model mamba2
 
 The data is generated here (no download); accuracy is measured on fresh held-out batches drawn
 from a separate random stream.
@@ -62,6 +63,17 @@ class S4DMixer(nn.Module):
         return self.s4d(x)[0]
 
 
+def mamba2_mixer(d_model, d_state=16, headdim=16):
+    """The compiled layer of ssmc's mamba2 preset (dt, B, C projected from the input; heads of
+    `headdim` channels), its A_log and D kept out of weight decay as Mamba's are."""
+    import ssmc
+    layer = ssmc.compile(ssmc.presets.mamba2(d_state=d_state, headdim=headdim, gate=False,
+                                             name="selective_copy_mamba2"))(d_model)
+    for p in (layer.A_log, layer.D, layer.dt_bias):
+        p._no_weight_decay = True
+    return layer
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x))."""
 
@@ -84,8 +96,10 @@ class SequenceModel(nn.Module):
             make = lambda: Mamba(d_model, d_state=d_state or 16)  # noqa: E731
         elif kind == "s4d":
             make = lambda: S4DMixer(d_model, d_state=d_state or 64)  # noqa: E731
+        elif kind == "mamba2":
+            make = lambda: mamba2_mixer(d_model, d_state=d_state or 16)  # noqa: E731
         else:
-            raise ValueError(f"model: expected 'mamba' or 's4d', got {kind!r}")
+            raise ValueError(f"model: expected 'mamba', 'mamba2' or 's4d', got {kind!r}")
         self.embedding = nn.Embedding(vocab, d_model)
         self.layers = nn.ModuleList(Block(d_model, make()) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
@@ -242,7 +256,7 @@ def backend_name(device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=("mamba", "s4d"), default="mamba", help="the sequence-mixing layer")
+    p.add_argument("--model", choices=("mamba", "mamba2", "s4d"), default="mamba", help="the sequence-mixing layer")
     p.add_argument("--steps", type=int, default=2000, help="training steps")
     p.add_argument("--seq-len", type=int, default=64, help="context length holding the data tokens")
     p.add_argument("--tokens", type=int, default=8, help="number of data tokens to copy (K)")
