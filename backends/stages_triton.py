@@ -14,7 +14,7 @@ from ..errors import CompileError
 from .render import render
 
 TEMPLATES = {name: f"triton/stages/{name}.py.jinja"
-             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan")}
+             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan", "ssd_step")}
 PRELUDE = "triton/stages/prelude.py.jinja"
 
 

@@ -17,7 +17,7 @@ from ..spec import A_SYM, DT
 from .functions import use_expm1
 from .pipelines import MultiHeadSchedule, plan
 from .recurrence import Recurrence, multihead_recurrence
-from .stages import SSD_SCAN
+from .stages import SSD_SCAN, SSD_STEP
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class LoweredMultiHead:
 
     @property
     def stages(self) -> tuple:
-        return self.schedule.stages
+        """The schedule's stages, and the decoding step that every package has."""
+        return self.schedule.stages + (SSD_STEP,)
 
     def dump(self) -> str:
         spec = self.spec

@@ -39,6 +39,7 @@ class Operand:
     dtype: str = FLOAT
     optional: bool = False
     doc: str = ""
+    mutated: bool = False     # an input the kernel updates in place (a decoding state)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,16 @@ CHUNK_SCAN = Stage(
     "entering state read out through exp(cum_i)",
     inputs=(U, CUM, B, C, ENTERING, SEQ_IDX, ENTERING_IDS), outputs=(Y,), checks=GROUPED + COVERS_LEN)
 
-MULTIHEAD_STAGES = {stage.name: stage for stage in (SSD_SCAN, CHUNK_STATE, STATE_PASSING, CHUNK_SCAN)}
+SSD_STEP = Stage(
+    "ssd_step",
+    "one decoding step: the state is updated in place, h = exp(log_decay)·h + u ⊗ B, and read out, y = h·C",
+    inputs=(Operand("u", ("batch", "u_heads", "headdim")), Operand("log_decay", ("batch", "heads")),
+            Operand("B", ("batch", "b_heads", "state")), Operand("C", ("batch", "c_heads", "state")),
+            Operand("ssm_state", ("batch", "heads", "headdim", "state"), mutated=True,
+                    doc="the decoding state (mamba_ssm's name)")),
+    outputs=(Operand("y", ("batch", "heads", "headdim")),), checks=GROUPED)
+
+MULTIHEAD_STAGES = {stage.name: stage for stage in (SSD_SCAN, CHUNK_STATE, STATE_PASSING, CHUNK_SCAN, SSD_STEP)}
 
 
 def operand_tables(stages) -> dict:

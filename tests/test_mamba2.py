@@ -237,3 +237,67 @@ def test_first_use_from_two_threads(backend):
         t.join()
     assert not errors
     assert torch.equal(results[0], results[1]) and rel(results[0], reference(args)) < TOLERANCE[torch.float64]
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stepping_equals_the_whole_sequence(backend, backend_name, dtype):
+    """`step` token by token from the initial state gives `apply`'s outputs and final state; the
+    state is updated in place (one stage kernel, ssd_step, per backend)."""
+    backend(backend_name)
+    package = compile_package(spec_for(groups=2), "auto")
+    args = inputs(dtype=dtype, length=9, D_shape="headdim")
+    y_ref, final_ref = reference(args, return_final_states=True)
+    state = args["initial_states"].to(torch.float64 if dtype == torch.float64 else torch.float32).clone()
+    pointer = state.data_ptr()
+    ys = [package.step(args["x"][:, t], args["dt"][:, t], args["A"], args["B"][:, t], args["C"][:, t], state,
+                       D=args["D"], z=args["z"][:, t], dt_bias=args["dt_bias"], dt_softplus=True)
+          for t in range(args["x"].shape[1])]
+    assert state.data_ptr() == pointer
+    tolerance = TOLERANCE[dtype]
+    assert rel(torch.stack(ys, dim=1), y_ref) < tolerance
+    assert rel(state, final_ref) < tolerance
+
+
+def test_layer_step_continues_its_forward(backend):
+    backend("c")
+    torch.manual_seed(0)
+    layer = ssmc.compile(spec_for(name="m2_step_layer"))(d_model=12)
+    hidden, gate = torch.randn(2, 10, 12), torch.randn(2, 10, 12)
+    with torch.no_grad():
+        out, state = layer(hidden[:, :6], z=gate[:, :6], return_final_states=True)
+        state = state.contiguous()
+        stepped = [layer.step(hidden[:, t], state, z=gate[:, t]) for t in range(6, 10)]
+        whole = layer(hidden, z=gate)
+    assert rel(torch.cat([out, torch.stack(stepped, dim=1)], dim=1), whole) < 1e-5
+    cache = layer.allocate_inference_cache(3)
+    assert cache.shape == (3, 4, 3, 5) and cache.dtype == torch.float32 and not cache.any()
+
+
+def test_step_refuses_a_state_it_could_not_update(backend):
+    backend("c")
+    package = compile_package(spec_for(), "auto")
+    args = inputs(dtype=torch.float32, length=1)
+    one = dict(x=args["x"][:, 0], dt=args["dt"][:, 0], A=args["A"], B=args["B"][:, 0], C=args["C"][:, 0])
+    for state, message in ((torch.zeros(2, 4, 5, 3).transpose(-1, -2), "contiguous"),
+                           (torch.zeros(2, 4, 3, 5, dtype=torch.bfloat16), "float32 or float64"),
+                           (torch.zeros(2, 4, 3, 4), r"\(batch, heads, headdim, state\) = \(2, 4, 3, 5\)")):
+        with pytest.raises(ssmc.ShapeError, match=message):
+            package.step(**one, ssm_state=state)
+
+
+def test_step_compiles_with_fullgraph(backend):
+    backend("c")
+    package = compile_package(spec_for(), "auto")
+    args = inputs(dtype=torch.float32, length=3)
+    state = package.allocate_inference_cache(2, 4)
+    expected = package.allocate_inference_cache(2, 4)
+
+    def decode(state):
+        return [package.step(args["x"][:, t], args["dt"][:, t], args["A"], args["B"][:, t], args["C"][:, t], state,
+                             dt_bias=args["dt_bias"], dt_softplus=True) for t in range(3)]
+    compiled = torch.compile(decode, backend="eager", fullgraph=True)(state)
+    eager = decode(expected)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager)) and torch.equal(state, expected)

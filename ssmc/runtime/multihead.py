@@ -132,3 +132,38 @@ def sequence_final_states(cu_seqlens, log_decay, u, B, h0, heads):
             state = h0[0]
         finals.append(state)
     return torch.stack(finals)
+
+
+def check_step(x, dt, A, B, C, ssm_state, D, z, dt_bias, dt_limit, headdim: int, d_state: int, groups: int) -> int:
+    """Shapes of one decoding step (mamba_ssm's selective_state_update layouts without the length
+    axis); the state must be float32 or float64, contiguous, on x's device. Returns heads."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ShapeError(f"x: expected a tensor of shape (batch, heads, headdim={headdim}), got {got}")
+    batch, heads, _ = x.shape
+    _tensor("x", x, (batch, heads, headdim), "(batch, heads, headdim)")
+    if heads % groups:
+        raise ShapeError(f"x: heads={heads} must be a multiple of the spec's groups={groups}")
+    _tensor("dt", dt, (batch, heads), "(batch, heads)")
+    _tensor("A", A, (heads,), "(heads,)")
+    _tensor("B", B, (batch, groups, d_state), "(batch, groups, state)")
+    _tensor("C", C, (batch, groups, d_state), "(batch, groups, state)")
+    if not isinstance(ssm_state, torch.Tensor) or tuple(ssm_state.shape) != (batch, heads, headdim, d_state) \
+            or ssm_state.dtype not in (torch.float32, torch.float64) or not ssm_state.is_contiguous():
+        got = (f"{tuple(ssm_state.shape)} {ssm_state.dtype}{'' if ssm_state.is_contiguous() else ' non-contiguous'}"
+               if isinstance(ssm_state, torch.Tensor) else type(ssm_state).__name__)
+        raise ShapeError(f"ssm_state: expected a contiguous float32 or float64 tensor of shape (batch, heads, headdim, "
+                         f"state) = {(batch, heads, headdim, d_state)} (allocate_inference_cache makes one), got {got}")
+    if D is not None and (not isinstance(D, torch.Tensor) or tuple(D.shape) not in ((heads,), (heads, headdim))):
+        raise ShapeError(f"D: expected shape (heads,) or (heads, headdim), got "
+                         f"{tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__}")
+    if z is not None:
+        _tensor("z", z, x.shape, "like x (batch, heads, headdim)")
+    if dt_bias is not None:
+        _tensor("dt_bias", dt_bias, (heads,), "(heads,)")
+    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("ssm_state", ssm_state), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is not None and t.device != x.device:
+            raise ShapeError(f"{name}: is on {t.device}, x on {x.device}")
+    check_dt_limit(dt_limit)
+    return heads

@@ -111,6 +111,26 @@ class MultiHeadOps:
         torch.library.register_fake(self.qualname)(self._fake)
         torch.library.register_autograd(self.qualname, self._backward, setup_context=self._setup_context)
         self.op = getattr(getattr(torch.ops, NAMESPACE), name)
+        self.step_op = self._define_step(key) if "ssd_step" in library.tables else None
+
+    def _define_step(self, key: str):
+        """The decoding step as a custom op that updates the state in place (schema from its table:
+        `Tensor(a!) ssm_state`), so torch.compile sees the mutation."""
+        table = self.library.tables["ssd_step"]
+        qualname = f"{NAMESPACE}::{key}_ssd_step"
+        torch.library.define(qualname, table.schema())
+
+        def step(u, log_decay, B, C, ssm_state):
+            if ssm_state.numel() == 0:
+                return u.new_zeros(log_decay.shape + (u.shape[-1],))
+            y, = self.library.run("ssd_step", u=u, log_decay=log_decay, B=B, C=C, ssm_state=ssm_state)
+            return y
+
+        def fake(u, log_decay, B, C, ssm_state):
+            return u.new_empty(log_decay.shape + (u.shape[-1],))
+        torch.library.impl(qualname, "default")(step)
+        torch.library.register_fake(qualname)(fake)
+        return getattr(getattr(torch.ops, NAMESPACE), f"{key}_ssd_step")
 
     def core(self, u, log_decay, B, C, h0=None, seq_idx=None, pipeline="sequential", chunk=64):
         if pipeline not in PIPELINES:

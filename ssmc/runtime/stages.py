@@ -35,6 +35,7 @@ class OperandSpec:
     dims: tuple
     dtype: str
     optional: bool
+    mutated: bool = False
 
 
 class StageTable:
@@ -46,7 +47,8 @@ class StageTable:
         self.dims = tuple(data["dims"])
         self.params = tuple(data["params"])
         self.checks = tuple(tuple(check) for check in data.get("checks", ()))
-        self.inputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], o["optional"]) for o in data["inputs"])
+        self.inputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], o["optional"], o.get("mutated", False))
+                            for o in data["inputs"])
         self.outputs = tuple(OperandSpec(o["name"], tuple(o["dims"]), o["dtype"], False) for o in data["outputs"])
 
     # ---- checks and shapes ------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class StageTable:
 
     # ---- the torch.library schema and the C ABI -----------------------------------------------------
     def schema(self) -> str:
-        arguments = [f"Tensor{'?' if o.optional else ''} {o.name}" for o in self.inputs]
+        arguments = [f"Tensor{'(a!)' if o.mutated else ''}{'?' if o.optional else ''} {o.name}" for o in self.inputs]
         arguments += [f"int {p}" for p in self.params]
         results = ", ".join("Tensor" for _ in self.outputs)
         return f"({', '.join(arguments)}) -> ({results})" if len(self.outputs) != 1 else \
@@ -129,7 +131,16 @@ def poison_outputs() -> bool:
 
 
 def _contiguous(table: StageTable, operands: dict) -> dict:
-    return {name: (x.contiguous() if isinstance(x, torch.Tensor) else x) for name, x in operands.items()}
+    """Operands as the kernels read them (C-contiguous); one the kernel updates in place must already
+    be, since a copy would take the update away from the caller's tensor."""
+    mutated = {o.name for o in table.inputs if o.mutated}
+    for name in mutated:
+        x = operands.get(name)
+        if isinstance(x, torch.Tensor) and not x.is_contiguous():
+            raise ShapeError(f"{table.name}: operand {name} is updated in place and must be contiguous "
+                             f"(shape {tuple(x.shape)}, strides {x.stride()})")
+    return {name: (x.contiguous() if isinstance(x, torch.Tensor) and name not in mutated else x)
+            for name, x in operands.items()}
 
 
 class StageLibrary:
