@@ -2,9 +2,10 @@
 vector lane, an inlined exp in the recurrence and libmvec elsewhere), plus the ctypes loader that
 compiles it on first use (`ssmc.runtime.cbuild`).
 
-Files: `kernels_c.c` (the kernels, `templates/c/kernels.c.jinja`) and `kernels_c.py` (the loader,
+Files: `kernels_c.c` (the kernels, `templates/c/kernels.c.jinja`), `kernels_c.py` (the loader,
 with the same functions and signatures as the torch backend's `kernels_torch.py`: scan_fwd with
-checkpoints, scan_bwd, vandermonde, vandermonde_bwd).
+checkpoints, scan_bwd, vandermonde, vandermonde_bwd) and the operand tables both are derived from
+(`operands.json`, ir/scan_stages.py): the C signatures, the loader's parameters, argtypes and calls.
 
 Every kernel is rendered for `float` and for `double` (float64 operands: gradcheck); the blocks are
 printed once per precision (`expf` / `2.0f` against `exp` / `2.0`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sympy
 
 from ..errors import CompileError
+from ..ir.scan_stages import scan_stages, scan_tables_text
 from .printers import CPrinter, DoubleCPrinter
 from .render import fused_plans, header, indent, print_block, render
 
@@ -74,9 +76,66 @@ def discretize_with_gradient(plan) -> tuple:
     return tuple((str(s), e) for s, e in replacements) + tuple((n, e) for (n, _), e in zip(targets, reduced))
 
 
+# the C names of the tables' dimensions (the kernels' own variable names)
+C_SIZE_NAMES = {"len": "length", "state": "n_state"}
+# kernels whose pointers are `restrict`-qualified (the Vandermonde kernels; the scans pass theirs in a struct)
+RESTRICT = ("vandermonde", "vandermonde_bwd")
+
+
+def _wrap(parts, prefix: str, width: int = 110) -> str:
+    """`parts` joined by ", " on lines of at most `width` characters, each starting with `prefix`."""
+    lines, line = [], prefix
+    for i, part in enumerate(parts):
+        text = part + (", " if i + 1 < len(parts) else "")
+        if line != prefix and len(line) + len(text.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = prefix
+        line += text
+    return "\n".join(lines + [line.rstrip()])
+
+
+def c_signature(stage, precision: str) -> str:
+    """`int ssmc_<kernel>_<precision>(...)` from the kernel's operand table (ir/scan_stages.py): int64
+    sizes in c_sizes order, input pointers (const), output pointers, then the thread count."""
+    qualifier = "restrict " if stage.name in RESTRICT else ""
+    sizes = [f"const int64_t {C_SIZE_NAMES.get(n, n)}" for n in stage.c_sizes]
+    inputs = [f"const {precision} *{qualifier}{o.name}" for o in stage.stage.inputs]
+    outputs = [f"{precision} *{qualifier}{o.name}" for o in stage.stage.outputs] + ["const int num_threads"]
+    groups = ",\n".join(_wrap(group, "    ") for group in (sizes, inputs, outputs))
+    return f"int ssmc_{stage.name}_{precision}(\n{groups})"
+
+
+def python_parameters(stage) -> str:
+    """The loader function's parameters, in table order: the trailing optional inputs default to
+    None, and then the params to 0."""
+    inputs = [o.name for o in stage.stage.inputs]
+    trailing = 0
+    for operand in reversed(stage.stage.inputs):
+        if not operand.optional:
+            break
+        trailing += 1
+    names = inputs[:len(inputs) - trailing] + [f"{n}=None" for n in inputs[len(inputs) - trailing:]]
+    names += [f"{p}=0" if trailing else p for p in stage.stage.params]
+    return ", ".join(names)
+
+
+def _loader_kernels(plans) -> dict:
+    """{kernel: its loader function's parameters, and the operands and params it passes by name}."""
+    kernels = {}
+    for stage in scan_stages(plans):
+        names = [o.name for o in stage.stage.inputs]
+        kernels[stage.name] = dict(
+            parameters=_wrap(python_parameters(stage).split(", "), " " * (len(stage.name) + 5), 110).lstrip(),
+            operands=_wrap([f"{n}={n}" for n in names], " " * 8, 110),
+            params=", ".join(f"{p}={p}" for p in stage.stage.params))
+    return kernels
+
+
 def _precision_context(scan, conv, precision: str) -> dict:
     printer, recurrence = _printers(precision)
     context = dict(T=precision)
+    context["signatures"] = {stage.name: c_signature(stage, precision)
+                             for stage in scan_stages({"scan": scan, "conv": conv})}
     if precision == "float":
         context.update(exp="expf", cos="ssmc_cosf", sin="ssmc_sinf")
     else:
@@ -107,7 +166,8 @@ def render_sources(lowered) -> dict:
         return {}
     context = dict(header=header(lowered, "c", "//"), py_header=header(lowered, "c"), name=lowered.spec.name,
                    d_state=lowered.spec.d_state, scan=scan, conv=conv, time_index="start + i",
-                   precisions=[_precision_context(scan, conv, p) for p in PRECISIONS])
+                   precisions=[_precision_context(scan, conv, p) for p in PRECISIONS],
+                   kernels=_loader_kernels(plans))
     if scan is not None:
         parts = ("_re", "_im") if scan.complex else ("",)
         operands = {name: [name + "_re", name + "_im"] if scan.complex else [name + "_re"] for name in "BC"}
@@ -138,5 +198,7 @@ def render_sources(lowered) -> dict:
             broadcast_reduction=f" reduction(+:{reduction})" if reduction else "",
             grad_epilogue_targets=[target for target, _ in scan.grad_epilogue_block],
         )
+    # the loader reads the operand tables beside it (the package writes the same file)
     return {"kernels_c.c": render("c/kernels.c.jinja", **context),
-            "kernels_c.py": render("c/kernels.py.jinja", **context)}
+            "kernels_c.py": render("c/kernels.py.jinja", **context),
+            "operands.json": scan_tables_text(plans)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..ir.ops import Select
+from ..ir.scan_stages import scan_tables_text
 from . import c as c_backend
 from . import torch as torch_backend
 from . import triton as triton_backend
@@ -45,7 +46,8 @@ def _python_predicate(predicate) -> str:
 
 def render_package(lowered) -> dict:
     """{file name: text} of the package of one spec."""
-    files = {"__init__.py": _module_source(lowered)}
+    # the kernels' operand tables: the module's custom ops and the C loader are derived from them
+    files = {"__init__.py": _module_source(lowered), "operands.json": scan_tables_text(fused_plans(lowered))}
     files.update(torch_backend.render_sources(lowered))
     files.update(c_backend.render_sources(lowered))
     files.update(triton_backend.render_sources(lowered))

@@ -217,7 +217,8 @@ def test_reverse_direction_backward(tmp_path, monkeypatch):
                                                                      "delta_bias")))
         module = modules[direction]
         out, state, _, ckpt, _ = module.scan_fwd(**args, chunk=8)
-        grads = module.scan_bwd(g, grad_state, None, *(args[k] for k in runtime_ops.SCAN_INPUTS[:11]), ckpt, None, 8)
+        operands = module._TABLES["scan_fwd"].input_names[:11]       # u .. z, in the kernel's order
+        grads = module.scan_bwd(g, grad_state, None, *(args[k] for k in operands), ckpt, None, 8)
         results[direction] = (out, state, grads)
     out, state, grads = results["reverse"]
     out_f, state_f, grads_f = results["forward"]
@@ -227,4 +228,4 @@ def test_reverse_direction_backward(tmp_path, monkeypatch):
         if a is None:
             assert b is None
             continue
-        assert rel_error(a, b.flip(-1) if index in time_varying else b) < 1e-4, runtime_ops.SCAN_GRADS[index]
+        assert rel_error(a, b.flip(-1) if index in time_varying else b) < 1e-4, modules["forward"]._TABLES["scan_bwd"].output_names[index]
