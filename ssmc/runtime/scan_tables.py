@@ -20,7 +20,7 @@ import os
 import torch
 
 from ..errors import ShapeError
-from .stages import StageTable
+from .stages import StageTable, bind_shape
 
 FLOATING = "floating"           # any floating dtype: the kernels cast it to the compute dtype
 _EMPTY = (0,)
@@ -73,19 +73,9 @@ class ScanTable(StageTable):
                 continue
             if not isinstance(x, torch.Tensor):
                 raise ShapeError(f"{self.name}: operand {spec.name} must be a tensor, got {type(x).__name__}")
-            if x.dim() != len(spec.dims):
-                raise ShapeError(f"{self.name}: operand {spec.name} must be ({', '.join(spec.dims)}), "
-                                 f"got shape {tuple(x.shape)}")
             if spec.dtype == FLOATING and not x.dtype.is_floating_point:
                 raise ShapeError(f"{self.name}: operand {spec.name} must be a floating tensor, got {x.dtype}")
-            device = device or x.device
-            if x.device != device:
-                raise ShapeError(f"{self.name}: operand {spec.name} is on {x.device}, the others on {device}")
-            for dim, size in zip(spec.dims, x.shape):
-                if sizes.setdefault(dim, size) != size:
-                    raise ShapeError(f"{self.name}: dimension {dim} is {sizes[dim]} in {where[dim]} but {size} in "
-                                     f"{spec.name} (shape {tuple(x.shape)})")
-                where.setdefault(dim, spec.name)
+            device = bind_shape(self.name, spec, x, sizes, where, device)
         for dim, rule, *args in self.sizes:
             size = {"ceil_div": lambda: _ceil_div(sizes[args[0]], params[args[1]]), "one": lambda: 1,
                     "param": lambda: params[args[0]]}[rule]()

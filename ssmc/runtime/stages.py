@@ -38,6 +38,23 @@ class OperandSpec:
     mutated: bool = False
 
 
+def bind_shape(stage: str, spec: OperandSpec, x: torch.Tensor, sizes: dict, where: dict, device):
+    """Record `x`'s sizes under `spec`'s dimension names (and which operand gave each), checking its
+    rank, that its device is the others', and that every size agrees with the operands before it.
+    Returns the operands' device."""
+    if x.dim() != len(spec.dims):
+        raise ShapeError(f"{stage}: operand {spec.name} must be ({', '.join(spec.dims)}), got shape {tuple(x.shape)}")
+    device = device or x.device
+    if x.device != device:
+        raise ShapeError(f"{stage}: operand {spec.name} is on {x.device}, the others on {device}")
+    for dim, size in zip(spec.dims, x.shape):
+        if sizes.setdefault(dim, size) != size:
+            raise ShapeError(f"{stage}: dimension {dim} is {sizes[dim]} in {where[dim]} but {size} in "
+                             f"{spec.name} (shape {tuple(x.shape)})")
+        where.setdefault(dim, spec.name)
+    return device
+
+
 class StageTable:
     """One stage's table, read from operands.json."""
 
@@ -64,9 +81,6 @@ class StageTable:
                 continue
             if not isinstance(x, torch.Tensor):
                 raise ShapeError(f"{self.name}: operand {spec.name} must be a tensor, got {type(x).__name__}")
-            if x.dim() != len(spec.dims):
-                raise ShapeError(f"{self.name}: operand {spec.name} must be ({', '.join(spec.dims)}), "
-                                 f"got shape {tuple(x.shape)}")
             if spec.dtype in _DTYPES:
                 if x.dtype != _DTYPES[spec.dtype]:
                     raise ShapeError(f"{self.name}: operand {spec.name} must be {spec.dtype}, got {x.dtype}")
@@ -75,14 +89,7 @@ class StageTable:
                 if x.dtype != float_dtype or x.dtype not in _FLOAT_TYPES:
                     raise ShapeError(f"{self.name}: operand {spec.name} must be {float_dtype} (float32 or float64, "
                                      f"like the other operands), got {x.dtype}")
-            device = device or x.device
-            if x.device != device:
-                raise ShapeError(f"{self.name}: operand {spec.name} is on {x.device}, the others on {device}")
-            for dim, size in zip(spec.dims, x.shape):
-                if sizes.setdefault(dim, size) != size:
-                    raise ShapeError(f"{self.name}: dimension {dim} is {sizes[dim]} in {where[dim]} but {size} in "
-                                     f"{spec.name} (shape {tuple(x.shape)})")
-                where.setdefault(dim, spec.name)
+            device = bind_shape(self.name, spec, x, sizes, where, device)
         missing = [d for d in self.dims if d not in sizes]
         if missing:
             raise ShapeError(f"{self.name}: no operand gives dimension(s) {', '.join(missing)}")
