@@ -109,3 +109,24 @@ def test_step_refuses_wrong_states(backend):
         m.step(torch.randn(2, 1, 16), conv_state[:1], ssm_state)
     with pytest.raises(ssmc.ShapeError, match="hidden_states"):
         m.step(torch.randn(2, 3, 16), conv_state, ssm_state)
+
+
+def test_inference_params_prompt_then_tokens(backend):
+    """mamba_ssm's protocol: the prompt with seqlen_offset 0 fills the cache, then one token per call."""
+    from ssmc.nn import InferenceCache
+    backend("c")
+    torch.manual_seed(4)
+    m = Mamba2(16, d_state=8, headdim=8, chunk_size=8, layer_idx=0)
+    hidden = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        whole = m(hidden)
+        for prompt in (2, 6):                      # shorter and longer than the convolution's window
+            cache = InferenceCache(max_seqlen=9, max_batch_size=2)
+            outs = [m(hidden[:, :prompt], inference_params=cache)]
+            cache.seqlen_offset = prompt
+            for t in range(prompt, 9):
+                outs.append(m(hidden[:, t:t + 1], inference_params=cache))
+                cache.seqlen_offset += 1
+            assert rel(torch.cat(outs, dim=1), whole) < 1e-5
+    with pytest.raises(ssmc.SpecError, match="layer_idx"):
+        Mamba2(16, d_state=8, headdim=8)(hidden, inference_params=InferenceCache(9, 2))

@@ -17,6 +17,7 @@ token by token from `allocate_inference_cache` gives the forward's outputs.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,18 @@ def gated_rms_norm(y, z, weight, groups, eps=1e-5):
     grouped = gated.unflatten(-1, (groups, -1))
     normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
     return (normed.flatten(-2) * weight.float()).to(y.dtype)
+
+
+@dataclass
+class InferenceCache:
+    """Decoding state of a model's layers, duck-compatible with mamba_ssm's InferenceParams: each
+    layer keeps its (conv_state, ssm_state) in `key_value_memory_dict[layer_idx]`; `seqlen_offset`
+    is how many tokens the cache holds (0: the next forward is the prompt)."""
+
+    max_seqlen: int
+    max_batch_size: int
+    seqlen_offset: int = 0
+    key_value_memory_dict: dict = field(default_factory=dict)
 
 
 class Mamba2(nn.Module):
@@ -103,19 +116,45 @@ class Mamba2(nn.Module):
         return self.out_proj(gated_rms_norm(y.flatten(-2), z, self.norm.weight, self.ngroups))
 
     # ---- whole sequences ------------------------------------------------------------------------------
-    def forward(self, hidden_states, seq_idx=None, cu_seqlens=None):
+    def forward(self, hidden_states, seq_idx=None, cu_seqlens=None, inference_params=None):
         """hidden_states (batch, len, d_model) -> (batch, len, d_model). `seq_idx` / `cu_seqlens`: a
         packed batch whose sequences must not see each other (the SSM state resets; the short
-        convolution's window is not reset, as in the reference's non-varlen convolution)."""
+        convolution's window is not reset, as in the reference's non-varlen convolution).
+        `inference_params` (InferenceCache or mamba_ssm's InferenceParams): with seqlen_offset 0
+        the prompt runs whole and leaves this layer's states in the cache; after that, each call
+        is one token through `step`."""
         check_layer_input("hidden_states", hidden_states, ("batch", "len", "d_model"), {"d_model": self.d_model})
         batch, length, _ = hidden_states.shape
+        states = None
+        if inference_params is not None:
+            states = self._cached_states(inference_params, batch)
+            if inference_params.seqlen_offset > 0:
+                return self.step(hidden_states, *states)[0]
         z, xBC, dt = self._split(self.in_proj(hidden_states))
+        if states is not None:           # the convolution's window after the prompt: its last d_conv inputs
+            window = F.pad(xBC.transpose(1, 2), (max(0, self.d_conv - length), 0))
+            states[0].copy_(window[..., window.shape[-1] - self.d_conv:])
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))
         x, B, C = self._split_xBC(xBC)
         y = ops.mamba_chunk_scan_combined(x, dt, -torch.exp(self.A_log.float()), B, C, self.chunk_size, D=self.D,
                                           dt_bias=self.dt_bias, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
-                                          dt_softplus=True, dt_limit=self.dt_limit)
+                                          dt_softplus=True, dt_limit=self.dt_limit,
+                                          return_final_states=states is not None)
+        if states is not None:
+            y, final = y
+            states[1].copy_(final)
         return self._output(y, z)
+
+    def _cached_states(self, inference_params, batch):
+        """This layer's (conv_state, ssm_state) in the cache, allocated on first use."""
+        if self.layer_idx is None:
+            raise SpecError("inference_params: this Mamba2 block has no layer_idx, so it cannot find its cache entry; "
+                            "construct it with layer_idx=...")
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.allocate_inference_cache(inference_params.max_batch_size)
+        conv_state, ssm_state = cache[self.layer_idx]
+        return conv_state[:batch], ssm_state[:batch]
 
     # ---- decoding -------------------------------------------------------------------------------------
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None):
