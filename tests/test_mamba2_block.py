@@ -130,3 +130,15 @@ def test_inference_params_prompt_then_tokens(backend):
             assert rel(torch.cat(outs, dim=1), whole) < 1e-5
     with pytest.raises(ssmc.SpecError, match="layer_idx"):
         Mamba2(16, d_state=8, headdim=8)(hidden, inference_params=InferenceCache(9, 2))
+
+
+def test_block_compiles_with_fullgraph(monkeypatch):
+    """The whole block traces without graph breaks, with the backend chosen as in production (no
+    SSMC_BACKEND): the cost model's choice of backend is a constant to Dynamo."""
+    monkeypatch.delenv("SSMC_BACKEND", raising=False)
+    torch.manual_seed(5)
+    m = Mamba2(16, d_state=8, headdim=8, chunk_size=None)
+    hidden = torch.randn(2, 13, 16, requires_grad=True)
+    out = torch.compile(m, fullgraph=True, backend="eager")(hidden)
+    out.sum().backward()
+    assert rel(out, m(hidden)) < 1e-6 and torch.isfinite(hidden.grad).all()

@@ -167,3 +167,11 @@ def check_step(x, dt, A, B, C, ssm_state, D, z, dt_bias, dt_limit, headdim: int,
             raise ShapeError(f"{name}: is on {t.device}, x on {x.device}")
     check_dt_limit(dt_limit)
     return heads
+
+
+@torch.compiler.assume_constant_result
+def cost_target(device_type: str) -> str:
+    """The backend whose cost model ranks the pipelines of a call on `device_type`: a constant to
+    torch.compile (finding the C compiler is not something Dynamo traces)."""
+    from .backend import select_backend
+    return select_backend(torch.device(device_type))
