@@ -100,9 +100,13 @@ def _lock(name: str) -> threading.RLock:
 
 # ---- the marker -------------------------------------------------------------------------------------
 
-def _marker_text(spec: SSM, schedule: str, files: dict) -> str:
-    marker = {"format": 1, "ssmc": __version__, "spec": spec.name, "spec_hash": spec.content_hash(),
-              "schedule": schedule_text(schedule), "compiler": compiler_fingerprint(),
+def _identity(spec: SSM, schedule) -> dict:
+    """What a spec's package is, as its marker records it (the compiler fingerprint is added)."""
+    return {"spec": spec.name, "spec_hash": spec.content_hash(), "schedule": schedule_text(schedule)}
+
+
+def _marker_text(identity: dict, files: dict) -> str:
+    marker = {"format": 1, "ssmc": __version__, **identity, "compiler": compiler_fingerprint(),
               "files": {name: cache.sha256_bytes(text.encode("utf-8")) for name, text in sorted(files.items())}}
     return json.dumps(marker, indent=1, sort_keys=True) + "\n"
 
@@ -141,11 +145,10 @@ def _changed_files(directory: Path, marker: dict, missing_counts: bool) -> list:
     return changed
 
 
-def _sound_entry(directory: Path, spec: SSM, schedule: str) -> bool:
-    """A complete, unaltered cache entry of `spec` under `schedule` by this compiler."""
+def _sound_entry(directory: Path, identity: dict) -> bool:
+    """A complete, unaltered cache entry of the package `identity` names, by this compiler."""
     marker = read_marker(directory)
-    return (marker is not None and marker.get("spec_hash") == spec.content_hash()
-            and marker.get("schedule") == schedule_text(schedule)
+    return (marker is not None and all(marker.get(k) == v for k, v in identity.items())
             and marker.get("compiler") == compiler_fingerprint()
             and not _changed_files(directory, marker, missing_counts=True))
 
@@ -225,7 +228,7 @@ def write_package(spec: SSM, directory: Path, schedule: str = "auto", force: boo
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SSMCError(f"output directory {parent}: cannot create it: {exc.strerror or exc}") from exc
-    staging = _stage(parent, directory.name, files, _marker_text(spec, schedule, files), cache.output_mode)
+    staging = _stage(parent, directory.name, files, _marker_text(_identity(spec, schedule), files), cache.output_mode)
     (_swap_in if replace else _move_in)(staging, directory)
     return directory
 
@@ -269,19 +272,27 @@ def _swap_in(staging: Path, directory: Path):
 def _cache_entry(spec: SSM, key: str, schedule: str = "auto") -> Path:
     """The directory of the sound cache entry of `spec` under `schedule` (whose name is `key`),
     published first if there is none."""
+    return publish(key, _identity(spec, schedule), lambda: render_files(spec, schedule),
+                   f"the package of spec '{spec.name}' (schedule {schedule_text(schedule)})")
+
+
+def publish(key: str, identity: dict, render, what: str) -> Path:
+    """The sound cache entry `<cache>/packages/<key>` (or `<key>.N`) of the package that `identity`
+    (marker fields) names, rendered by `render()` and published first if there is none: staged,
+    marker last, one rename; a damaged or foreign entry is never touched and the next name is used.
+    Spec packages and spec-independent ones (the causal conv1d) share this one path."""
     packages = cache.directory("packages")
     candidates = [packages / key] + [packages / f"{key}.{number}" for number in range(1, SPARE_NAMES + 1)]
     for directory in candidates:
-        if _sound_entry(directory, spec, schedule):
+        if _sound_entry(directory, identity):
             return directory
     cache.clean_orphans(packages)
-    cache.announce("generating the package of spec '%s' (schedule %s) in %s: a few seconds, once; later runs "
-                   "import it", spec.name, schedule, candidates[0])
-    files = render_files(spec, schedule)
-    marker = _marker_text(spec, schedule, files)
+    cache.announce("generating %s in %s: a few seconds, once; later runs import it", what, candidates[0])
+    files = render()
+    marker = _marker_text(identity, files)
     for directory in candidates:
         if os.path.lexists(directory):
-            if _sound_entry(directory, spec, schedule):   # another process published it meanwhile
+            if _sound_entry(directory, identity):   # another process published it meanwhile
                 return directory
             continue                        # damaged or foreign: never touched, the next name is used
         staging = _stage(packages, key, files, marker, cache.cache_mode)
@@ -292,7 +303,7 @@ def _cache_entry(spec: SSM, key: str, schedule: str = "auto") -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise SSMCError(f"could not publish the package {directory}: {exc.strerror or exc}") from exc
-        if _sound_entry(directory, spec, schedule):   # another process published it first
+        if _sound_entry(directory, identity):   # another process published it first
             return directory
     raise SSMCError(f"the cache entries {candidates[0]} and {candidates[0]}.1 to .{SPARE_NAMES} are all damaged "
                     f"or foreign; remove them")

@@ -196,3 +196,64 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=None, D=None, z=None, d
     return _package(key).apply(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
                                initial_states=initial_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
                                dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states)
+
+
+# ---- the causal depthwise conv1d (the causal-conv1d package's op) ----------------------------------
+
+_CONV1D = {}
+
+
+def _conv1d_package_directory():
+    """The conv1d package's cache entry, `<cache>/packages/causal_conv1d_<compiler hash>[.N]`: its
+    kernels depend on no spec (width, bias and activation are kernel arguments), so there is one
+    package per compiler, published like a spec's package (ssmc.compiler.publish)."""
+    from . import compiler
+    from .backends.conv1d import render_conv1d_files
+    key = f"causal_conv1d_{compiler.compiler_fingerprint()}"
+    return compiler.publish(key, {"spec": "causal_conv1d"}, render_conv1d_files, "the causal conv1d package"), key
+
+
+@torch.compiler.assume_constant_result
+def _conv1d_compiled() -> str:
+    """Builds the conv1d ops on first use (once per process) and returns their key; a constant to
+    torch.compile, like `_compiled`, so that tracing never enters the build."""
+    if "ops" not in _CONV1D:
+        with _LOCK:
+            if "ops" not in _CONV1D:
+                import json
+
+                from .compiler import import_package
+                from .runtime.conv1d import Conv1dOps
+                from .runtime.stages import StageLibrary
+                directory, key = _conv1d_package_directory()
+                module_name = f"ssmc_gen_{key}"
+                import_package(directory, module_name)
+                tables = json.loads((directory / "operands.json").read_text(encoding="utf-8"))
+                _CONV1D["ops"] = Conv1dOps(key, StageLibrary(module_name, str(directory), tables))
+    return "ops"
+
+
+def _conv1d_silu(activation) -> int:
+    if activation in (None, "silu", "swish"):
+        return int(activation is not None)
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def causal_conv1d_fn(x, weight, bias=None, activation=None):
+    """The causal depthwise conv1d, causal-conv1d's `causal_conv1d_fn`: x (batch, dim, len), weight
+    (dim, width), bias (dim,) or None, activation None or "silu"/"swish":
+        out[b, d, t] = act(bias[d] + Σ_k weight[d, k]·x[b, d, t - (width - 1) + k])   (x = 0 before t = 0)
+    Returns out (batch, dim, len) in x's dtype (computed in float32, float64 for float64 x);
+    differentiable in x, weight and bias (deterministic gradients). CPU tensors run the generated C,
+    CUDA tensors Triton (`SSMC_BACKEND` forces one)."""
+    silu = _conv1d_silu(activation)
+    return _CONV1D[_conv1d_compiled()].fwd(x, weight, bias, silu)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """One decoding step, causal-conv1d's `causal_conv1d_update`: x (batch, dim), conv_state (batch,
+    dim, width), contiguous, updated in place (shifted left by one step, x appended); returns
+    act(bias + Σ_k weight[:, k]·conv_state[:, :, k]) (batch, dim) in x's dtype. Stepping a sequence
+    from a zero state gives `causal_conv1d_fn`'s outputs."""
+    silu = _conv1d_silu(activation)
+    return _CONV1D[_conv1d_compiled()].update(x, conv_state, weight, bias, silu)
