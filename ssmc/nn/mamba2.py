@@ -4,7 +4,7 @@ compiled SSD (`ssmc.ops.mamba_chunk_scan_combined` and the generated decoding st
 On (batch, len, d_model), d_inner = expand·d_model in heads of `headdim`:
 
     z, xBC, dt = in_proj(hidden)                    widths d_inner, d_inner + 2·ngroups·d_state, nheads
-    xBC        = silu(causal depthwise conv1d(xBC))  kernel d_conv
+    xBC        = silu(causal depthwise conv1d(xBC))  kernel d_conv (ssmc.ops.causal_conv1d_fn)
     x, B, C    = xBC                                 widths d_inner, ngroups·d_state, ngroups·d_state
     y          = SSD(x, dt, A = -exp(A_log), B, C, D, dt_bias, softplus, dt_limit)
     out        = out_proj(RMSNorm_group(y · silu(z)) · norm.weight)      (norm_before_gate=False)
@@ -134,7 +134,8 @@ class Mamba2(nn.Module):
         if states is not None:           # the convolution's window after the prompt: its last d_conv inputs
             window = F.pad(xBC.transpose(1, 2), (max(0, self.d_conv - length), 0))
             states[0].copy_(window[..., window.shape[-1] - self.d_conv:])
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))
+        xBC = ops.causal_conv1d_fn(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
+                                   activation="silu").transpose(1, 2)
         x, B, C = self._split_xBC(xBC)
         y = ops.mamba_chunk_scan_combined(x, dt, -torch.exp(self.A_log.float()), B, C, self.chunk_size, D=self.D,
                                           dt_bias=self.dt_bias, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
@@ -178,12 +179,8 @@ class Mamba2(nn.Module):
                 got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
                 raise ShapeError(f"{name}: expected shape {shape} (allocate_inference_cache makes it), got {got}")
         z, xBC, dt = self._split(self.in_proj(hidden_states[:, 0]))
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[:, :, -1] = xBC.to(conv_state.dtype)
-        xBC = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            xBC = xBC + self.conv1d.bias
-        x, B, C = self._split_xBC(F.silu(xBC).to(hidden_states.dtype))
+        xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        x, B, C = self._split_xBC(xBC.to(hidden_states.dtype))
         package = ops._package(self._ssd_key)
         y = package.step(x, dt, -torch.exp(self.A_log.float()), B, C, ssm_state, D=self.D, dt_bias=self.dt_bias,
                          dt_softplus=True, dt_limit=self.dt_limit)
