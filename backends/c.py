@@ -155,6 +155,10 @@ def _precision_context(scan, conv, precision: str) -> dict:
             grad_discretize_lines_hoisted=lines(scan.grad_discretize_block, 12),
             grad_dt_lines=lines(scan.grad_dt_block, 16),
             grad_dt_lines_hoisted=lines(scan.grad_dt_block, 16),
+            # the decoding step (step.c.jinja): per (batch, channel), per state, then the epilogue
+            step_dt_lines=lines(scan.dt_block, 8),
+            step_discretize_lines=lines(scan.discretize_block, 12),
+            step_epilogue_lines=lines(scan.epilogue_block, 12),
         )
     return context
 
@@ -199,6 +203,16 @@ def render_sources(lowered) -> dict:
             grad_epilogue_targets=[target for target, _ in scan.grad_epilogue_block],
         )
     # the loader reads the operand tables beside it (the package writes the same file)
-    return {"kernels_c.c": render("c/kernels.c.jinja", **context),
-            "kernels_c.py": render("c/kernels.py.jinja", **context),
-            "operands.json": scan_tables_text(plans)}
+    files = {"kernels_c.c": render("c/kernels.c.jinja", **context),
+             "kernels_c.py": render("c/kernels.py.jinja", **context),
+             "operands.json": scan_tables_text(plans)}
+    if "scan_step" in context["kernels"]:
+        files["step_c.c"] = render("c/step.c.jinja", step_inputs=_step_inputs(scan), **context)
+    return files
+
+
+def _step_inputs(scan) -> list:
+    """The step kernel's input pointers that the plan's blocks would shadow (renamed `<name>_in`)."""
+    names = ["delta"] + (["dt_bias"] if scan.has_dt_bias else []) + ["A_re", "B_re", "C_re"]
+    names += ["A_im", "B_im", "C_im"] if scan.complex else []
+    return names + (["D"] if scan.has_D else []) + (["z"] if scan.has_z else [])

@@ -94,7 +94,8 @@ def render_sources(lowered) -> dict:
     context = dict(header=header(lowered, "triton"), name=lowered.spec.name, scan=scan, conv=conv,
                    scan_tunables={}, conv_tunables={}, fold_A=False, time_varying=[],
                    dt_lines="", discretize_lines="", epilogue_lines="", grad_epilogue_lines="",
-                   grad_discretize_lines="", grad_dt_lines="", grad_epilogue_targets=[])
+                   grad_discretize_lines="", grad_dt_lines="", grad_epilogue_targets=[],
+                   step_dt_lines="", step_discretize_lines="", step_epilogue_lines="")
     if scan is not None:
         if scan.direction != "forward":
             raise CompileError(f"triton backend: scan direction {scan.direction!r} is not supported "
@@ -115,6 +116,10 @@ def render_sources(lowered) -> dict:
         context["grad_discretize_lines"] = indent(print_block(grad_discretize, printer), depth)
         context["grad_dt_lines"] = indent(print_block(scan.grad_dt_block, printer), depth)
         context["grad_epilogue_targets"] = [target for target, _ in scan.grad_epilogue_block]
+        # the decoding step's kernel: everything once, at depth 4
+        context["step_dt_lines"] = indent(print_block(scan.dt_block, printer), 4)
+        context["step_discretize_lines"] = indent(print_block(discretize, printer), 4)
+        context["step_epilogue_lines"] = indent(print_block(scan.epilogue_block, printer), 4)
         context["time_varying"] = [name for name, selective in (("B", scan.selective_B), ("C", scan.selective_C))
                                    if selective]
         context["scan_tunables"] = _tunables(lowered, KERNEL_NAMES["scan"])

@@ -128,6 +128,37 @@ def scan_bwd_stage(plan: ScanPlan) -> ScanStage:
     return ScanStage(stage, absent=tuple(absent), **_scan_extras(plan))
 
 
+STEP_DIMS = ("batch", "dim", "state", "groups_B", "groups_C")
+
+
+def scan_step_stage(plan: ScanPlan) -> ScanStage:
+    """One decoding step of the fused scan: the operands of one time step (no `len`), and the state
+    (re, im) updated in place (`mutated`: the schema's `Tensor(a!)`)."""
+    per_step = ("batch", "dim")
+    operands, absent = [_float("u", per_step), _float("delta", per_step if plan.selective_dt else ("dim",),
+                                                         doc="dt before bias and softplus")], []
+    operands.append(_float("dt_bias", ("dim",), optional=True))
+    absent += [] if plan.has_dt_bias else ["dt_bias"]
+    operands += [_float("A_re", ("dim", "state")), _float("A_im", ("dim", "state"), optional=True)]
+    sizes = []
+    for name, selective in (("B", plan.selective_B), ("C", plan.selective_C)):
+        dims = ("batch", f"groups_{name}", "state") if selective else ("dim", "state")
+        operands += [_float(f"{name}_re", dims), _float(f"{name}_im", dims, optional=True)]
+        if not selective:
+            sizes.append((f"groups_{name}", "one"))
+    absent += [] if plan.complex else ["A_im", "B_im", "C_im"]
+    operands += [_float("D", ("dim",), optional=True), _float("z", per_step, optional=True, doc="gate")]
+    absent += ([] if plan.has_D else ["D"]) + ([] if plan.has_z else ["z"])
+    state = ("batch", "dim", "state")
+    operands += [Operand("h_re", state, FLOATING, doc="the decoding state, updated in place", mutated=True),
+                 Operand("h_im", state, FLOATING, optional=True, mutated=True)]
+    absent += [] if plan.complex else ["h_im"]
+    stage = Stage("scan_step", "one decoding step: h = decay·h + scale·B·u in place, y = (2·Re) C·h, then the "
+                  "epilogue", inputs=tuple(operands), outputs=(_float("y", per_step, doc="epilogue included"),),
+                  dims=STEP_DIMS)
+    return ScanStage(stage, c_sizes=STEP_DIMS, like="A_re", absent=tuple(absent), sizes=tuple(sizes))
+
+
 def _conv_inputs() -> tuple:
     per_state = ("dim", "state")
     return tuple(_float(name, per_state) for name in ("log_decay_re", "log_decay_im", "coeff_re", "coeff_im"))
@@ -153,6 +184,8 @@ def scan_stages(plans: dict) -> tuple:
     stages = []
     if plans.get("scan") is not None:
         stages += [scan_fwd_stage(plans["scan"]), scan_bwd_stage(plans["scan"])]
+        if plans["scan"].direction == "forward":
+            stages.append(scan_step_stage(plans["scan"]))
     if isinstance(plans.get("conv"), ConvPlan):
         stages += [vandermonde_stage(), vandermonde_bwd_stage()]
     return tuple(stages)

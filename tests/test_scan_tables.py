@@ -40,7 +40,7 @@ def _package(spec):
 
 def test_operands_json_of_mamba_and_s4d(files):
     mamba = json.loads(files["mamba"]["operands.json"])
-    assert list(mamba) == ["scan_bwd", "scan_fwd"]                      # a scan schedule: no Vandermonde kernel
+    assert list(mamba) == ["scan_bwd", "scan_fwd", "scan_step"]         # a scan schedule: no Vandermonde kernel
     scan = mamba["scan_fwd"]
     assert [o["name"] for o in scan["inputs"]] == ["u", "delta", "dt_bias", "A_re", "A_im", "B_re", "B_im", "C_re",
                                                   "C_im", "D", "z", "h0_re", "h0_im"]
@@ -53,7 +53,8 @@ def test_operands_json_of_mamba_and_s4d(files):
     assert scan["when"] == [["ckpt_re", "chunk"], ["ckpt_im", "chunk"]]
 
     s4d = json.loads(files["s4d"]["operands.json"])
-    assert set(s4d) == {"scan_fwd", "scan_bwd", "vandermonde", "vandermonde_bwd"}     # auto keeps both forms
+    assert set(s4d) == {"scan_fwd", "scan_bwd", "scan_step", "vandermonde", "vandermonde_bwd"}  # auto keeps both forms
+    assert [o["name"] for o in s4d["scan_step"]["inputs"] if o["mutated"]] == ["h_re", "h_im"]   # decoding state
     dims = {o["name"]: o["dims"] for o in s4d["scan_fwd"]["inputs"]}
     assert dims["delta"] == ["dim"] and dims["B_re"] == ["dim", "state"]
     assert set(s4d["scan_fwd"]["absent"]) == {"dt_bias", "z"} and s4d["scan_fwd"]["c_layout"] == {}
@@ -79,7 +80,7 @@ def test_schemas_and_ctypes_come_from_the_tables(files):
 
 def test_c_signatures_follow_the_tables(files):
     """Each C function's parameters are the table's c_sizes, inputs and outputs, then the threads."""
-    source = files["s4d"]["kernels_c.c"]
+    source = files["s4d"]["kernels_c.c"] + files["s4d"]["step_c.c"]
     c_names = {"len": "length", "state": "n_state"}
     for name, table in load_scan_tables(files["s4d"]["operands.json"]).items():
         match = re.search(rf"int ssmc_{name}_float\(([^)]*)\)", source)

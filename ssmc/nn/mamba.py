@@ -31,8 +31,11 @@ class Mamba(nn.Module):
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=1e-3, dt_max=1e-1,
                  dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
-                 device=None, dtype=None):
+                 use_fast_path=True, layer_idx=None, device=None, dtype=None):
         super().__init__()
+        # use_fast_path: accepted for the reference's signature (ssmc always runs its fused kernel)
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
         factory = {"device": device, "dtype": dtype}
         self.d_model = check_int("d_model", d_model)
         self.d_state = check_int("d_state", d_state)
@@ -102,7 +105,7 @@ class Mamba(nn.Module):
                       delta_bias=self.dt_proj.bias.float())
         return inputs, window[..., window.shape[-1] - (self.d_conv - 1):]
 
-    def forward(self, hidden, initial_state=None, return_last_state=False):
+    def forward(self, hidden, initial_state=None, return_last_state=False, inference_params=None):
         """hidden: (batch, len, d_model). Returns (batch, len, d_model), and with return_last_state
         also the block's state after the last step: the pair (ssm_state, conv_state), ssm_state
         (batch, d_inner, d_state) the SSM's state and conv_state (batch, d_inner, d_conv - 1) the last
@@ -113,6 +116,8 @@ class Mamba(nn.Module):
         is the SSM state alone, with the convolution starting from zero padding; None: zero state."""
         check_layer_input("hidden", hidden, ("batch", "len", "d_model"), {"d_model": self.d_model})
         batch = hidden.shape[0]
+        if inference_params is not None:
+            return self._forward_cached(hidden, inference_params)
         ssm_state, conv_state = initial_state, None
         if isinstance(initial_state, (tuple, list)):
             if len(initial_state) != 2:
@@ -131,3 +136,59 @@ class Mamba(nn.Module):
         y, last = out if return_last_state else (out, None)
         y = self.out_proj(y.transpose(1, 2))
         return (y, (last, last_window)) if return_last_state else y
+
+    # ---- decoding (mamba_ssm's protocol: allocate_inference_cache, step, inference_params) -------------
+    def _forward_cached(self, hidden, inference_params):
+        """With seqlen_offset 0 the prompt runs whole and leaves this layer's states in the cache;
+        after that, each call is one token through `step`."""
+        if self.layer_idx is None:
+            raise SpecError("inference_params: this Mamba block has no layer_idx, so it cannot find its cache entry; "
+                            "construct it with layer_idx=...")
+        batch, length, _ = hidden.shape
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.allocate_inference_cache(inference_params.max_batch_size)
+        conv_state, ssm_state = (x[:batch] for x in cache[self.layer_idx])
+        if inference_params.seqlen_offset > 0:
+            return self.step(hidden, conv_state, ssm_state)[0]
+        out, (last, window) = self.forward(hidden, return_last_state=True)
+        ssm_state.copy_(last)
+        # the convolution's window after the prompt: its last d_conv inputs
+        x = self.in_proj(hidden).transpose(1, 2)[:, :self.d_inner]
+        x = F.pad(x, (max(0, self.d_conv - length), 0))
+        conv_state.copy_(x[..., x.shape[-1] - self.d_conv:])
+        return out
+
+    def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None):
+        """(conv_state (batch, d_inner, d_conv), ssm_state (batch, d_inner, d_state) float32), zero:
+        the reference's cache layout."""
+        device = self.A_log.device
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device,
+                                 dtype=dtype or self.conv1d.weight.dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def step(self, hidden_states, conv_state, ssm_state):
+        """One token: hidden_states (batch, 1, d_model) -> ((batch, 1, d_model), conv_state,
+        ssm_state); both states are updated in place (the SSM state by the compiled step kernel)."""
+        check_layer_input("hidden_states", hidden_states, ("batch", "len", "d_model"),
+                          {"len": 1, "d_model": self.d_model})
+        batch = hidden_states.shape[0]
+        for name, state, shape in (("conv_state", conv_state, (batch, self.d_inner, self.d_conv)),
+                                   ("ssm_state", ssm_state, (batch, self.d_inner, self.d_state))):
+            if not isinstance(state, torch.Tensor) or tuple(state.shape) != shape:
+                got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+                raise ShapeError(f"{name}: expected shape {shape} (allocate_inference_cache makes it), got {got}")
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)          # (batch, d_inner) each
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x.to(conv_state.dtype)
+        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x).to(hidden_states.dtype)
+        dt_low, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = dt_low @ self.dt_proj.weight.t()
+        package = ops._package(ops.selective_scan_key(self.d_state))
+        y = package.step(x, delta, -torch.exp(self.A_log.float()), B, C, ssm_state, D=self.D.float(), z=z,
+                         delta_bias=self.dt_proj.bias.float())
+        return self.out_proj(y)[:, None], conv_state, ssm_state

@@ -70,6 +70,8 @@ class ScanOps:
                 self._register_autograd(self.tables[forward], self.tables[backward], self.ops[backward])
         self.scan = self.ops.get("scan_fwd")
         self.vandermonde = self.ops.get("vandermonde")
+        # the decoding step: updates its state operands in place (`Tensor(a!)` in its schema)
+        self.step = self.ops.get("scan_step")
 
     def _define(self, table: ScanTable):
         qualname = f"{self.prefix}_{table.name}"

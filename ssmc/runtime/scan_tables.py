@@ -76,6 +76,8 @@ class ScanTable(StageTable):
             if spec.dtype == FLOATING and not x.dtype.is_floating_point:
                 raise ShapeError(f"{self.name}: operand {spec.name} must be a floating tensor, got {x.dtype}")
             device = bind_shape(self.name, spec, x, sizes, where, device)
+            if spec.mutated:
+                self._check_mutated(spec, x, operands)
         for dim, rule, *args in self.sizes:
             size = {"ceil_div": lambda: _ceil_div(sizes[args[0]], params[args[1]]), "one": lambda: 1,
                     "param": lambda: params[args[0]]}[rule]()
@@ -86,6 +88,29 @@ class ScanTable(StageTable):
         if missing:
             raise ShapeError(f"{self.name}: no operand gives dimension(s) {', '.join(missing)}")
         return sizes
+
+    def _check_mutated(self, spec, x: torch.Tensor, operands: dict) -> None:
+        """An operand the kernel updates in place (a decoding state) is used as it is: a copy (to
+        make it contiguous, or to cast it) would take the update away from the caller's tensor."""
+        like = operands.get(self.like)
+        dtype = compute_dtype(like) if isinstance(like, torch.Tensor) else x.dtype
+        if x.dtype != dtype:
+            raise ShapeError(f"{self.name}: operand {spec.name} is updated in place and must be {dtype} "
+                             f"(the compute dtype of {self.like}), got {x.dtype}")
+        if not x.is_contiguous():
+            raise ShapeError(f"{self.name}: operand {spec.name} is updated in place and must be contiguous "
+                             f"(shape {tuple(x.shape)}, strides {x.stride()})")
+
+    def schema(self) -> str:
+        """The multi-head schema, but each operand updated in place in its own alias set
+        (`Tensor(a!) h_re, Tensor(b!)? h_im`): two mutated operands never share one."""
+        text = super().schema()
+        letters = iter("abcdefgh")
+        for spec in self.inputs:
+            if spec.mutated:
+                old = f"Tensor(a!){'?' if spec.optional else ''} {spec.name}"
+                text = text.replace(old, old.replace("(a!)", f"({next(letters)}!)"), 1)
+        return text
 
     def formed(self, name: str, params: dict) -> bool:
         """Whether output `name` is formed (not absent, and its `when` param positive)."""
