@@ -65,3 +65,20 @@ def test_not_transposed_and_inv_init(backend):
     assert rel_error(y, ref) < 1e-5
     # S4D-Inv: imaginary parts (N/π)(N/(2n+1) - 1) with N = 8
     assert torch.allclose(layer.kernel.A_imag[0], (8 / math.pi) * (8 / (2 * torch.arange(4) + 1) - 1))
+
+
+@pytest.mark.parametrize("schedule", ["conv", "auto", "scan"])
+def test_step_by_step_equals_the_forward(backend, schedule):
+    """S4D's recurrent form: stepping from default_state gives the forward's outputs, whatever the
+    layer's schedule (a convolution package has no step; the step compiles the scan's)."""
+    backend("c")
+    torch.manual_seed(0)
+    layer = S4D(6, d_state=8, schedule=schedule).eval()
+    u = torch.randn(2, 6, 15)
+    with torch.no_grad():
+        y, _ = layer(u)
+        state = layer.default_state(2)
+        assert state.shape == (2, 6, 4) and state.dtype == torch.complex64
+        steps = [layer.step(u[..., t], state)[0] for t in range(15)]
+    out = torch.stack(steps, dim=-1)
+    assert ((out - y).norm() / y.norm()).item() < 1e-5

@@ -107,6 +107,26 @@ class S4D(nn.Module):
             y = y.transpose(-1, -2)
         return y, None
 
+    # ---- decoding (the recurrent form of the same layer) ---------------------------------------------
+    def default_state(self, *batch_shape, device=None):
+        """The zero state (*batch_shape, H, N) of `step`, complex64 (the S4 repository's name)."""
+        device = device or self.D.device
+        return torch.zeros(*batch_shape, self.h, self.kernel.n_state, dtype=torch.complex64, device=device)
+
+    def step(self, u, state):
+        """One step of the discretized diagonal recurrence: u (batch, H) -> (y (batch, H), state),
+        the state (batch, H, N) updated in place and returned, as the S4 repository's step returns
+        the next state. Stepping a sequence equals `forward` on it (in eval mode: dropout masks are
+        per sequence). Whatever this layer's schedule, the step runs the scan's step kernel (a
+        convolution has no recurrent form to step), compiled on first use."""
+        check_layer_input("u", u, ("batch", "d_model"), {"d_model": self.h})
+        dt, A, B, C = self.kernel.ssm()
+        package = ops._package(ops.lti_ssm_key(self.kernel.n_state, True, "zoh", True, "scan"))
+        y = package.step(u, dt, A, B, C, state, D=self.D)
+        y = self.dropout(self.activation(y))
+        conv, _ = self.output_linear            # a 1x1 convolution then GLU over channels: linear, then GLU
+        return F.glu(F.linear(y, conv.weight[..., 0], conv.bias), dim=-1), state
+
     def _empty_output_linear(self, y):
         """output_linear of an empty sequence, which Conv1d refuses: a 1x1 convolution is a linear
         map of the channels."""
