@@ -23,15 +23,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeError
+from .calls import compute_dtype
 from .stages import StageLibrary, StageTable
 
 NAMESPACE = "ssmc_gen"
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64 (gradcheck); every other float dtype computes in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _floating(stage: str, **operands) -> None:
@@ -98,20 +94,17 @@ class Conv1dOps:
 
     # ---- backward ---------------------------------------------------------------------------------
     def _backward_kernels(self, x, weight, bias, dout, silu):
-        sizes = self._bind_shapes("conv1d_bwd", dict(x=x, weight=weight, bias=bias, dout=dout))
-        compute = compute_dtype(x)
         if x.numel() == 0:
-            return (x.new_zeros(x.shape), x.new_zeros((sizes["batch"], sizes["dim"], sizes["width"]), dtype=compute),
-                    x.new_zeros((sizes["batch"], sizes["dim"]), dtype=compute))
-        ops = _cast(compute, x=x, weight=weight, bias=bias, dout=dout)
+            return tuple(g.zero_() for g in self._backward_fake(x, weight, bias, dout, silu))
+        ops = _cast(compute_dtype(x), x=x, weight=weight, bias=bias, dout=dout)
         grad_x, grad_weight, grad_bias = self.library.run("conv1d_bwd", params={"silu": int(bool(silu))}, **ops)
         return grad_x.to(x.dtype), grad_weight, grad_bias
 
     def _backward_fake(self, x, weight, bias, dout, silu):
         sizes = self._bind_shapes("conv1d_bwd", dict(x=x, weight=weight, bias=bias, dout=dout))
-        compute = compute_dtype(x)
-        return (x.new_empty(x.shape), x.new_empty((sizes["batch"], sizes["dim"], sizes["width"]), dtype=compute),
-                x.new_empty((sizes["batch"], sizes["dim"]), dtype=compute))
+        grad_x, grad_weight, grad_bias = self.tables["conv1d_bwd"].output_shapes(sizes)
+        compute = compute_dtype(x)       # grad_x in x's dtype; the per-row sums stay in the compute dtype
+        return (x.new_empty(grad_x), x.new_empty(grad_weight, dtype=compute), x.new_empty(grad_bias, dtype=compute))
 
     @staticmethod
     def _setup_context(ctx, inputs, output):

@@ -28,8 +28,23 @@ def _tensor(name, x, shape, what):
     return x
 
 
-def compute_dtype(x) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _check_head_parameters(x, D, z, dt_bias, heads: int, headdim: int, x_layout: str):
+    """D (heads,) or (heads, headdim), z like x, dt_bias (heads,): the per-head terms of a call or a step."""
+    if D is not None:
+        if not isinstance(D, torch.Tensor) or tuple(D.shape) not in ((heads,), (heads, headdim)):
+            got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
+            raise ShapeError(f"D: expected shape (heads,) = ({heads},) or (heads, headdim) = ({heads}, {headdim}), got {got}")
+        _tensor("D", D, D.shape, "(heads,) or (heads, headdim)")
+    if z is not None:
+        _tensor("z", z, x.shape, f"like x {x_layout}")
+    if dt_bias is not None:
+        _tensor("dt_bias", dt_bias, (heads,), "(heads,)")
+
+
+def _same_device(x, **operands):
+    for name, t in operands.items():
+        if t is not None and t.device != x.device:
+            raise ShapeError(f"{name}: is on {t.device}, x on {x.device}")
 
 
 def check_call(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_limit,
@@ -47,21 +62,10 @@ def check_call(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
     _tensor("A", A, (heads,), "(heads,)")
     _tensor("B", B, (batch, length, groups, d_state), "(batch, len, groups, state)")
     _tensor("C", C, (batch, length, groups, d_state), "(batch, len, groups, state)")
-    if D is not None:
-        if not isinstance(D, torch.Tensor) or tuple(D.shape) not in ((heads,), (heads, headdim)):
-            got = tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__
-            raise ShapeError(f"D: expected shape (heads,) = ({heads},) or (heads, headdim) = ({heads}, {headdim}), got {got}")
-        _tensor("D", D, D.shape, "(heads,) or (heads, headdim)")
-    if z is not None:
-        _tensor("z", z, x.shape, "like x (batch, len, heads, headdim)")
-    if dt_bias is not None:
-        _tensor("dt_bias", dt_bias, (heads,), "(heads,)")
+    _check_head_parameters(x, D, z, dt_bias, heads, headdim, "(batch, len, heads, headdim)")
     if initial_states is not None:
         _tensor("initial_states", initial_states, (batch, heads, headdim, d_state), "(batch, heads, headdim, state)")
-    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias),
-                    ("initial_states", initial_states)):
-        if t is not None and t.device != device:
-            raise ShapeError(f"{name}: is on {t.device}, x on {device}")
+    _same_device(x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 8 or chunk_size & (chunk_size - 1) or chunk_size > 1024):
         raise ShapeError(f"chunk_size: expected a power of two from 8 to 1024 (or None: the cost model chooses), "
@@ -154,17 +158,8 @@ def check_step(x, dt, A, B, C, ssm_state, D, z, dt_bias, dt_limit, headdim: int,
                if isinstance(ssm_state, torch.Tensor) else type(ssm_state).__name__)
         raise ShapeError(f"ssm_state: expected a contiguous float32 or float64 tensor of shape (batch, heads, headdim, "
                          f"state) = {(batch, heads, headdim, d_state)} (allocate_inference_cache makes one), got {got}")
-    if D is not None and (not isinstance(D, torch.Tensor) or tuple(D.shape) not in ((heads,), (heads, headdim))):
-        raise ShapeError(f"D: expected shape (heads,) or (heads, headdim), got "
-                         f"{tuple(D.shape) if isinstance(D, torch.Tensor) else type(D).__name__}")
-    if z is not None:
-        _tensor("z", z, x.shape, "like x (batch, heads, headdim)")
-    if dt_bias is not None:
-        _tensor("dt_bias", dt_bias, (heads,), "(heads,)")
-    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("ssm_state", ssm_state), ("D", D), ("z", z),
-                    ("dt_bias", dt_bias)):
-        if t is not None and t.device != x.device:
-            raise ShapeError(f"{name}: is on {t.device}, x on {x.device}")
+    _check_head_parameters(x, D, z, dt_bias, heads, headdim, "(batch, heads, headdim)")
+    _same_device(x, dt=dt, A=A, B=B, C=C, ssm_state=ssm_state, D=D, z=z, dt_bias=dt_bias)
     check_dt_limit(dt_limit)
     return heads
 

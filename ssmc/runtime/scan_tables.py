@@ -20,15 +20,11 @@ import os
 import torch
 
 from ..errors import ShapeError
-from .stages import StageTable, bind_shape
+from .calls import compute_dtype
+from .stages import StageTable, bind_shape, present
 
 FLOATING = "floating"           # any floating dtype: the kernels cast it to the compute dtype
 _EMPTY = (0,)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64 (gradcheck); everything else computes in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _ceil_div(a, b):
@@ -67,12 +63,8 @@ class ScanTable(StageTable):
                 if x is not None:
                     raise ShapeError(f"{self.name}: this layer has no operand {spec.name}, expected None")
                 continue
-            if x is None:
-                if not spec.optional:
-                    raise ShapeError(f"{self.name}: operand {spec.name} is required")
+            if not present(self.name, spec, x):
                 continue
-            if not isinstance(x, torch.Tensor):
-                raise ShapeError(f"{self.name}: operand {spec.name} must be a tensor, got {type(x).__name__}")
             if spec.dtype == FLOATING and not x.dtype.is_floating_point:
                 raise ShapeError(f"{self.name}: operand {spec.name} must be a floating tensor, got {x.dtype}")
             device = bind_shape(self.name, spec, x, sizes, where, device)

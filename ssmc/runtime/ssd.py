@@ -102,7 +102,7 @@ class MultiHeadOps:
         """`core_table`: the operand table whose operands are the whole pipeline's (ssd_scan's): the
         core op's schema is derived from it."""
         self.library = library
-        table = StageTable(core_table)
+        self.table = table = StageTable(core_table)
         name = f"{key}_ssd_core"
         self.qualname = f"{NAMESPACE}::{name}"
         schema = table.schema().replace(") ->", ", str pipeline, int chunk) ->", 1)
@@ -120,14 +120,16 @@ class MultiHeadOps:
         qualname = f"{NAMESPACE}::{key}_ssd_step"
         torch.library.define(qualname, table.schema())
 
+        def fake(u, log_decay, B, C, ssm_state):
+            sizes = table.bind(dict(u=u, log_decay=log_decay, B=B, C=C, ssm_state=ssm_state))
+            y_shape, = table.output_shapes(sizes)
+            return u.new_empty(y_shape)
+
         def step(u, log_decay, B, C, ssm_state):
-            if ssm_state.numel() == 0:
-                return u.new_zeros(log_decay.shape + (u.shape[-1],))
+            if ssm_state.numel() == 0:          # no state (or no batch, head, row): y is all zeros
+                return fake(u, log_decay, B, C, ssm_state).zero_()
             y, = self.library.run("ssd_step", u=u, log_decay=log_decay, B=B, C=C, ssm_state=ssm_state)
             return y
-
-        def fake(u, log_decay, B, C, ssm_state):
-            return u.new_empty(log_decay.shape + (u.shape[-1],))
         torch.library.impl(qualname, "default")(step)
         torch.library.register_fake(qualname)(fake)
         return getattr(getattr(torch.ops, NAMESPACE), f"{key}_ssd_step")
@@ -139,18 +141,15 @@ class MultiHeadOps:
 
     # ---- forward ----------------------------------------------------------------------------------
     def _fake(self, u, log_decay, B, C, h0, seq_idx, pipeline, chunk):
-        batch, length, heads = log_decay.shape
-        P, N = u.shape[-1], B.shape[-1]
-        return u.new_empty(batch, length, heads, P), u.new_empty(batch, heads, P, N)
+        """(y, final), shaped by the core table from the operands (checked as the kernels' are)."""
+        sizes = self.table.bind(dict(u=u, log_decay=log_decay, B=B, C=C, h0=h0, seq_idx=seq_idx))
+        return tuple(u.new_empty(shape) for shape in self.table.output_shapes(sizes))
 
     def _forward(self, u, log_decay, B, C, h0, seq_idx, pipeline, chunk):
-        batch, length, heads = log_decay.shape
-        P, N = u.shape[-1], B.shape[-1]
-        if batch * length * heads * P * N == 0:
+        if u.numel() * B.numel() == 0 or log_decay.numel() == 0:
             # nothing reaches a kernel; with no steps the state stays the initial one
-            y = u.new_zeros(batch, length, heads, P)
-            keep_h0 = h0 is not None and length == 0
-            return y, (h0.clone() if keep_h0 else u.new_zeros(batch, heads, P, N))
+            y, final = (t.zero_() for t in self._fake(u, log_decay, B, C, h0, seq_idx, pipeline, chunk))
+            return y, (h0.clone() if h0 is not None and log_decay.shape[1] == 0 else final)
         run = self.library.run
         if pipeline == "sequential":
             y, final = run("ssd_scan", u=u, log_decay=log_decay, B=B, C=C, h0=h0, seq_idx=seq_idx)

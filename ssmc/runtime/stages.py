@@ -38,6 +38,18 @@ class OperandSpec:
     mutated: bool = False
 
 
+def present(stage: str, spec: OperandSpec, x) -> bool:
+    """Whether operand `x` is given (False for an absent optional one); a ShapeError for a missing
+    required one or for something that is not a tensor."""
+    if x is None:
+        if not spec.optional:
+            raise ShapeError(f"{stage}: operand {spec.name} is required")
+        return False
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"{stage}: operand {spec.name} must be a tensor, got {type(x).__name__}")
+    return True
+
+
 def bind_shape(stage: str, spec: OperandSpec, x: torch.Tensor, sizes: dict, where: dict, device):
     """Record `x`'s sizes under `spec`'s dimension names (and which operand gave each), checking its
     rank, that its device is the others', and that every size agrees with the operands before it.
@@ -75,12 +87,8 @@ class StageTable:
         sizes, where, device = {}, {}, None
         for spec in self.inputs:
             x = operands.get(spec.name)
-            if x is None:
-                if not spec.optional:
-                    raise ShapeError(f"{self.name}: operand {spec.name} is required")
+            if not present(self.name, spec, x):
                 continue
-            if not isinstance(x, torch.Tensor):
-                raise ShapeError(f"{self.name}: operand {spec.name} must be a tensor, got {type(x).__name__}")
             if spec.dtype in _DTYPES:
                 if x.dtype != _DTYPES[spec.dtype]:
                     raise ShapeError(f"{self.name}: operand {spec.name} must be {spec.dtype}, got {x.dtype}")
@@ -94,7 +102,8 @@ class StageTable:
         if missing:
             raise ShapeError(f"{self.name}: no operand gives dimension(s) {', '.join(missing)}")
         for kind, *names in self.checks:
-            if kind == "divides" and (sizes[names[0]] == 0 or sizes[names[1]] % sizes[names[0]]):
+            divisor, total = (sizes[n] for n in names[:2]) if kind == "divides" else (1, 0)
+            if kind == "divides" and (total % divisor if divisor else total):       # 0 divides only 0
                 raise ShapeError(f"{self.name}: {names[0]}={sizes[names[0]]} must divide {names[1]}={sizes[names[1]]} "
                                  f"(each group serves heads // groups heads)")
             if kind == "covers" and sizes[names[0]] * sizes[names[1]] < sizes[names[2]]:
