@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # stage kernels' outputs start as NaN (ssmc.runtime.stages), so an element never written fails a test
 os.environ.setdefault("SSMC_POISON_OUTPUTS", "1")
+# torch.compile's check that a custom op returns no input and no tensor twice: an error when the CI
+# variable is set, a mere warning otherwise; an error everywhere, so a local run fails as CI would
+os.environ.setdefault("TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

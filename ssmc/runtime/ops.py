@@ -94,8 +94,8 @@ class ScanOps:
             return _result(outputs)
         results = getattr(self.kernels.for_device(like.device), table.name)(**operands, **params)
         results = results if isinstance(results, (tuple, list)) else (results,)
-        placeholder = like.new_empty(_EMPTY, dtype=results[0].dtype)
-        outputs = [placeholder if x is None else x for x in results]
+        # one placeholder per absent output: two returns may not be one tensor, even an empty one
+        outputs = [like.new_empty(_EMPTY, dtype=results[0].dtype) if x is None else x for x in results]
         return _result(_fresh(outputs, [x for x in operands.values() if x is not None]))
 
     # -- autograd: the backward kernel's inputs and outputs, matched by name -----------------------------
