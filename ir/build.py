@@ -1,8 +1,9 @@
 """Spec -> IR: the algorithm of a layer as an unscheduled dataflow graph.
 
-The graph states the math of DESIGN §2 literally: a dt expression, a Discretize, a Scan that
-materialises every state, a Contract for the readout, then skip and gate. Making it fast (fusion,
-convolution instead of scan, complex splitting) is the passes' job, never this builder's.
+The graph states the math of DESIGN §2 literally: a dt expression, a Discretize, the structured
+recurrence with its readout (one RecurrenceOp, described by ir/recurrence.py), then skip and gate.
+Making it fast (fusion, convolution instead of scan, complex splitting) is the passes' job, never
+this builder's.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sympy
 from ..spec import SSM
 from .functions import silu, softplus
 from .graph import Graph
-from .ops import Contract, Discretize, Elementwise, Input, Output, Param, Scan
+from .ops import Discretize, Elementwise, Input, Output, Param, RecurrenceOp
+from .recurrence import siso_recurrence
 
 BTL = ("batch", "dim", "len")
 
@@ -49,8 +51,9 @@ def build_graph(spec: SSM) -> Graph:
     decay, scale = spec.discretization.formulas()
     graph.add(Discretize("disc", inputs=("dt", "A"), method=type(spec.discretization).__name__,
                          decay=decay, input_scale=scale))
-    graph.add(Scan("h", inputs=("disc:decay", "disc:input_scale", "B", "u"), dtype=state_dtype))
-    graph.add(Contract("y", inputs=("C", "h"), real_part_doubled=spec.is_complex))
+    # the recurrence's value is y; its last state is %y:final (never the sequence of states)
+    graph.add(RecurrenceOp("y", inputs=("disc:decay", "disc:input_scale", "B", "u", "C"), dtype=state_dtype,
+                           recurrence=siso_recurrence(spec)))
 
     y = "y"
     if spec.skip_D:
@@ -64,5 +67,5 @@ def build_graph(spec: SSM) -> Graph:
     graph.add(Output("out", inputs=(y,)))
     if not spec.is_lti:
         # A time-invariant layer's forward returns y only; its state comes from step() (decoding).
-        graph.add(Output("last_state", inputs=("h",), take="last"))
+        graph.add(Output("last_state", inputs=("y:final",)))
     return graph

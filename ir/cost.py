@@ -14,8 +14,9 @@ import sympy
 
 from ..errors import ScheduleError
 from ..formula import parse
-from .ops import DIM_SYMBOLS
+from .dims import symbols
 
+DIM_SYMBOLS = symbols()
 B, D, L, N = (DIM_SYMBOLS[n] for n in ("batch", "dim", "len", "state"))
 
 SCAN_FLOPS_PER_STATE = {False: 4, True: 8}      # real vs complex multiply-add + readout

@@ -1,6 +1,7 @@
 """The IR graph: a networkx DiGraph whose nodes each hold one frozen op.
 
-Values are named by their producing op; a multi-output op (a fused kernel) exposes `op:port`.
+Values are named by their producing op; a multi-output op (a fused kernel, the recurrence's last
+state) exposes `op:port`.
 Iteration is in a deterministic topological order (ties broken by insertion order), so that the
 text dump, the generated code and every cache key are stable from run to run.
 """
@@ -17,6 +18,7 @@ from ..formula import read_srepr
 from . import ops as irops
 from .functions import IR_FUNCTIONS
 from .plans import plan_from_json
+from .recurrence import Recurrence
 
 
 def producer(value: str) -> str:
@@ -132,6 +134,9 @@ def _format_attributes(op: irops.Op) -> str:
             if value is not None:
                 parts.append(f"re={value[0]}; im={value[1]}")
             continue
+        if isinstance(op, irops.RecurrenceOp) and key == "recurrence":
+            parts.append(f"decay={value.decay}, input: {value.input}, readout: {value.readout}")
+            continue
         if isinstance(op, irops.Fused) and key == "plan":
             parts.append(f"plan={type(value).__name__}")
             continue
@@ -177,6 +182,8 @@ def _op_to_json(op: irops.Op) -> dict:
 def _encode(value):
     if isinstance(value, sympy.Basic):
         return {"sympy": sympy.srepr(value)}
+    if isinstance(value, Recurrence):
+        return {"recurrence": value.to_json()}
     if hasattr(value, "to_json") and hasattr(value, "content_hash"):
         return {"plan": value.to_json()}
     if isinstance(value, tuple):
@@ -191,6 +198,8 @@ def _decode(value):
         return read_srepr(value["sympy"], "graph.json", IR_FUNCTIONS, error=CompileError)
     if isinstance(value, dict) and "plan" in value:
         return plan_from_json(value["plan"])
+    if isinstance(value, dict) and "recurrence" in value:
+        return Recurrence.from_json(value["recurrence"])
     if isinstance(value, dict) and "tuple" in value:
         return tuple(_decode(v) for v in value["tuple"])
     return value

@@ -2,8 +2,8 @@
 
 Each node of the dataflow graph stores exactly one op (never a mutable attribute dict, which goes
 stale under rewriting). Ops are immutable: a pass builds a new op with `dataclasses.replace` and
-swaps it in. Shapes are tuples of dimension names (`batch`, `dim`, `len`, `state`, `groups`)
-that stand for sympy symbols; dtypes are `real`, `complex` or `pair` (a complex value lowered to
+swaps it in. Shapes are tuples of dimension names (`batch`, `dim`, `len`, `state`, `groups`, or any
+other: ir/dims.py) that stand for sympy symbols; dtypes are `real`, `complex` or `pair` (a complex value lowered to
 two real numbers, since Triton and C kernels have no complex type).
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import ClassVar
 
 import sympy
 
-DIMS = ("batch", "groups", "dim", "state", "len")
-DIM_SYMBOLS = {name: sympy.Symbol(name, positive=True, integer=True) for name in DIMS}
 DTYPES = ("real", "complex", "pair")
 
 
@@ -78,24 +76,29 @@ class Discretize(Op):
 
 
 @dataclass(frozen=True)
-class Scan(Op):
-    """The linear recurrence h_t = decay_t ⊙ h_{t-1} + scale_t · B_t · x_t over the `len` axis.
+class RecurrenceOp(Op):
+    """The linear recurrence and its readout as one node, described by a structured `Recurrence`
+    (ir/recurrence.py): h_t = decay_t ⊙ h_{t-1} + scale_t·B_t·u_t, y_t = Σ_state C_t ⊙ h_t (twice the
+    real part for complex conjugate pairs).
 
-    Inputs: (decay, input_scale, B, x). Output: every state h (batch, dim, len, state) — which the
-    fusion pass must keep out of memory.
+    Its value is y (batch, dim, len); `%<name>:final` is the last state (batch, dim, state). The
+    (batch, dim, len, state) sequence of states is never a value of the graph, not even before
+    fusion: no pass can ask for it. Inputs are in `ROLES` order, and passes find them by role
+    (`operand("C")`), never by a value's name.
     """
 
+    recurrence: object = None
     direction: str = "forward"
-    kind: ClassVar[str] = "scan"
+    kind: ClassVar[str] = "recurrence"
+    ROLES: ClassVar[tuple] = ("decay", "input_scale", "B", "u", "C")
+    PORTS: ClassVar[dict] = {"final": ("batch", "dim", "state")}
 
+    def operand(self, role: str) -> str:
+        return self.inputs[self.ROLES.index(role)]
 
-@dataclass(frozen=True)
-class Contract(Op):
-    """y = Σ_state C ⊙ h, doubled real part for complex states (conjugate pairs)."""
-
-    reduce: str = "state"
-    real_part_doubled: bool = False
-    kind: ClassVar[str] = "contract"
+    @property
+    def real_part_doubled(self) -> bool:
+        return self.recurrence.readout.startswith("2·Re")
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,10 @@ class Fused(Op):
 
 @dataclass(frozen=True)
 class Output(Op):
-    """A value the layer returns; `take="last"` keeps only the final time step (the last state)."""
+    """A value the layer returns."""
 
-    take: str = ""
     kind: ClassVar[str] = "output"
 
 
-OP_TYPES = {cls.kind: cls for cls in (Input, Param, Elementwise, Discretize, Scan, Contract, KernelGen,
+OP_TYPES = {cls.kind: cls for cls in (Input, Param, Elementwise, Discretize, RecurrenceOp, KernelGen,
                                       FFTConv, Select, Fused, Output)}

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import sympy
 
 from ..errors import ScheduleError
+from .dims import symbols
 from .stages import CHUNK_SCAN, CHUNK_STATE, SSD_SCAN, STATE_PASSING
 
 PIPELINE_NAMES = ("sequential", "chunked")
 CHUNK_SIZES = (64, 128, 256)          # the candidates of "auto"; any power of two from 8 may be recorded
-DIMS = {name: sympy.Symbol(name, positive=True, integer=True)
-        for name in ("batch", "len", "heads", "headdim", "state")}
+DIMS = symbols("batch", "len", "heads", "headdim", "state")     # the dimensions a pipeline's cost uses
 TARGETS = ("c", "torch", "triton")      # the backend that runs the call
 # target -> (sequential multiply-add, chunk-product multiply-add, state number stored and reloaded,
 #            latency of one dependent step of the sequential scan, latency of one chunk's passing)

@@ -39,10 +39,10 @@ def test_compile_then_import_runs_without_the_compiler(tmp_path):
 def test_explain_prints_passes_and_cost_numbers():
     out = run("-m", "ssmc.cli", "explain", "examples/s4d.py", "--shape", "batch=8,len=4096,dim=256").stdout
     assert "== IR after choose_schedule ==" in out and "== IR after fuse ==" in out
-    assert "cost[conv] = " in out and "h: conv (chosen per call by the cost model" in out
+    assert "cost[conv] = " in out and "recurrence: conv (chosen per call by the cost model" in out
     assert "grad_discretize_block of %scan_kernel:" in out.split("== IR after derive_backward ==")[1]
     out = run("-m", "ssmc.cli", "explain", "examples/s4d.py", "--shape", "batch=1,len=64,dim=256").stdout
-    assert "h: scan (chosen per call" in out
+    assert "recurrence: scan (chosen per call" in out
 
 
 def test_compile_schedule_option_writes_that_schedule(tmp_path):
@@ -54,7 +54,7 @@ def test_compile_schedule_option_writes_that_schedule(tmp_path):
     assert [(d["algorithm"], d["reason"]) for d in decisions] == [("conv", "requested: schedule='conv'")]
     assert json.loads((package / ".ssmc-package").read_text())["schedule"] == "conv"
     assert "schedule" not in json.loads((package / "spec.json").read_text())
-    assert "Schedule: h by conv" in (package / "__init__.py").read_text()
+    assert "Schedule: recurrence by conv" in (package / "__init__.py").read_text()
     script = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import s4d\n"
               "layer = s4d.Layer(d_model=4); y = layer(torch.randn(2, 9, 4))\n"
               "assert y.shape == (2, 9, 4) and torch.isfinite(y).all(); print('ok')\n")
@@ -64,7 +64,7 @@ def test_compile_schedule_option_writes_that_schedule(tmp_path):
 def test_explain_schedule_option_fixes_the_choice():
     out = run("-m", "ssmc", "explain", "examples/s4d.py", "--schedule", "scan").stdout
     assert "spec 's4d' (" in out and "), schedule scan" in out
-    assert "h: scan (fixed; requested: schedule='scan')" in out
+    assert "recurrence: scan (fixed; requested: schedule='scan')" in out
     assert "vandermonde" not in out.split("== IR after fuse ==")[1]      # no convolution form kept
 
 

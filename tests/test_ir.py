@@ -6,7 +6,7 @@ import ssmc
 from ssmc.ir import cost
 from ssmc.ir.build import build_graph
 from ssmc.ir.graph import Graph
-from ssmc.ir.ops import Fused, Scan, Select
+from ssmc.ir.ops import Fused, RecurrenceOp, Select
 from ssmc.ir.pass_manager import PIPELINE, lower
 from ssmc.ir.passes.complex_split import real_pair
 from ssmc.ir.plans import ConvPlan, ScanPlan
@@ -36,20 +36,37 @@ def test_graph_json_round_trip_after_every_pass(name):
 def test_build_states_the_unfused_math():
     graph = build_graph(SPECS["mamba"])
     text = graph.dump()
-    assert "discretize(%dt, %A)" in text and "scan(%disc:decay" in text
+    assert "discretize(%dt, %A)" in text and "recurrence(%disc:decay, %disc:input_scale, %B, %u, %C)" in text
     assert "softplus(delta + dt_bias)" in text
-    assert isinstance(graph.op("h"), Scan)
+    (rec,) = graph.of_kind(RecurrenceOp)
+    assert rec.recurrence.decay == "per_state" and rec.recurrence.state == ("state",)
+    assert rec.recurrence.over == ("batch", "dim")
+    assert [rec.recurrence.varies_over_time(n) for n in ("dt", "B", "C")] == [True, True, True]
+    assert graph.op("last_state").inputs == ("y:final",)
+
+
+def test_recurrence_finds_operands_by_role_and_records_time_invariance():
+    graph = build_graph(SPECS["s4d"])
+    (rec,) = graph.of_kind(RecurrenceOp)
+    assert [rec.operand(r) for r in rec.ROLES] == ["disc:decay", "disc:input_scale", "B", "u", "C"]
+    assert rec.real_part_doubled and not any(rec.recurrence.varies_over_time(n) for n in ("dt", "B", "C"))
+    assert rec.recurrence.layout("B") == ("dim", "state")
 
 
 def test_fusion_keeps_the_expanded_state_out_of_memory():
-    before = lower(SPECS["mamba"]).trace[1][1]     # after infer_shapes
-    assert "real[batch, dim, len, state]" in before
+    # not even the unfused graph has a (batch, dim, len, state) sequence of states: the recurrence's
+    # values are y and its last state; only the pointwise decay and scale are that large, and fusion
+    # takes them into the kernel
+    trace = dict(lower(SPECS["mamba"]).trace)
+    lines = {line.split()[0]: line for line in trace["lower_discretization"].splitlines()[1:]}
+    assert "real[batch, dim, len, state]" in lines["%decay"]
+    assert "real[batch, dim, len] " in lines["%y"] and "recurrence(" in lines["%y"]
     graph = lower(SPECS["mamba"]).graph
     for op in graph.ops():
         assert op.shape is None or not {"batch", "dim", "len", "state"} <= set(op.shape)
     (fused,) = graph.of_kind(Fused)
     assert isinstance(fused.plan, ScanPlan)
-    assert {"dt", "decay", "input_scale", "h", "y", "y_skip", "y_gated"} == set(fused.members)
+    assert {"dt", "decay", "input_scale", "y", "y_skip", "y_gated"} == set(fused.members)
 
 
 def test_selective_scan_cannot_be_a_convolution():

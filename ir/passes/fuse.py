@@ -13,7 +13,7 @@ import sympy
 
 from ...errors import ScheduleError
 from ..graph import Graph
-from ..ops import Contract, Elementwise, FFTConv, Fused, Input, KernelGen, Output, Param, Scan, Select
+from ..ops import Elementwise, FFTConv, Fused, Input, KernelGen, Output, Param, RecurrenceOp, Select
 from ..plans import ConvPlan, ScanPlan
 
 
@@ -37,7 +37,7 @@ def _epilogue(graph: Graph, start: str) -> tuple:
     expression of y (the kernel's readout or convolution) and the epilogue's other inputs."""
     members, expr, current = [], _sym("y"), start
     while True:
-        users = graph.users(current)
+        users = [op for op in graph.users(current) if current in op.inputs]   # of the value, not its ports
         if len(users) != 1 or not isinstance(users[0], Elementwise):
             break
         op = users[0]
@@ -46,6 +46,12 @@ def _epilogue(graph: Graph, start: str) -> tuple:
         current = op.name
     inputs = tuple(sorted({s.name for s in expr.free_symbols} - {"y"}))
     return tuple(members), current, (("out", expr),), inputs
+
+
+def _roles(graph: Graph, names) -> set:
+    """The spec roles (dt_bias, D, z, ...) of the inputs and params among `names`: flags are set by
+    what an operand is, never by what it is called."""
+    return {graph.op(n).role for n in names if isinstance(graph.op(n), (Input, Param))}
 
 
 def _kernel_inputs(graph: Graph, names) -> tuple:
@@ -57,16 +63,15 @@ def _retarget_outputs(graph: Graph, mapping: dict) -> None:
     for op in graph.of_kind(Output) + graph.of_kind(Select):
         inputs = tuple(mapping.get(v, v) for v in op.inputs)
         if inputs != op.inputs:
-            extra = {"take": ""} if isinstance(op, Output) and op.inputs[0] in mapping and op.take == "last" else {}
-            graph.replace(op.replace(inputs=inputs, **extra))
+            graph.replace(op.replace(inputs=inputs))
 
 
 def fuse(graph: Graph, ctx) -> Graph:
     selects = graph.of_kind(Select)
     # the epilogue starts after the Select (it is fused into both alternatives) or after the readout
-    scans, convs = graph.of_kind(Scan), graph.of_kind(FFTConv)
-    for scan in scans:
-        epi_end = _fuse_scan(graph, ctx, scan, selects)
+    recurrences, convs = graph.of_kind(RecurrenceOp), graph.of_kind(FFTConv)
+    for rec in recurrences:
+        epi_end = _fuse_scan(graph, ctx, rec, selects)
     for conv in convs:
         epi_end = _fuse_conv(graph, ctx, conv, selects)
     if selects:
@@ -79,30 +84,31 @@ def fuse(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _fuse_scan(graph, ctx, scan, selects):
-    readout = next(op for op in graph.users(scan.name) if isinstance(op, Contract))
-    decay, scale = graph.op(scan.inputs[0]), graph.op(scan.inputs[1])
+def _fuse_scan(graph, ctx, rec: RecurrenceOp, selects):
+    """The recurrence with its dt, discretization and epilogue as one ScanPlan; operands by role, and
+    which of them vary over time from the Recurrence's layouts."""
+    decay, scale = graph.op(rec.operand("decay")), graph.op(rec.operand("input_scale"))
     dt = graph.op(decay.inputs[0])
-    start = selects[0].name if selects else readout.name
+    start = selects[0].name if selects else rec.name
     epi_members, epi_end, epilogue, epi_inputs = _epilogue(graph, start)
-    complex_state = scan.dtype == "pair"
+    complex_state = rec.dtype == "pair"
     if complex_state:
         targets = list(zip(("decay_re", "decay_im"), _parts(decay))) + list(zip(("scale_re", "scale_im"), _parts(scale)))
     else:
         targets = [("decay", decay.expr), ("scale", scale.expr)]
-    b, c = graph.op(scan.inputs[2]), graph.op(readout.inputs[0])
-    delta = graph.op(dt.inputs[0])
+    structure = rec.recurrence
     plan = ScanPlan(
-        complex=complex_state,
-        selective_dt="len" in delta.shape, selective_B="len" in b.shape, selective_C="len" in c.shape,
-        has_dt_bias="dt_bias" in dt.inputs, has_D="D" in epi_inputs, has_z="z" in epi_inputs,
-        direction=scan.direction,
+        complex=complex_state, selective_dt=structure.varies_over_time("dt"),
+        selective_B=structure.varies_over_time("B"), selective_C=structure.varies_over_time("C"),
+        has_dt_bias="dt_bias" in _roles(graph, dt.inputs), has_D="D" in _roles(graph, epi_inputs),
+        has_z="z" in _roles(graph, epi_inputs), direction=rec.direction,
         dt_block=(("dt", dt.expr),), discretize_block=_cse_block(targets), epilogue_block=epilogue)
-    members = (dt.name, decay.name, scale.name, scan.name, readout.name) + epi_members
-    inputs = _kernel_inputs(graph, set(dt.inputs) | set(decay.inputs) | {b.name, c.name, scan.inputs[3]} | set(epi_inputs))
+    members = (dt.name, decay.name, scale.name, rec.name) + epi_members
+    inputs = _kernel_inputs(graph, set(dt.inputs) | set(decay.inputs)
+                            | {rec.operand("B"), rec.operand("C"), rec.operand("u")} | set(epi_inputs))
     name = "scan_kernel"
     graph.add(Fused(name, inputs=inputs, plan=plan, members=members, outputs=(("y", ("batch", "dim", "len")), ("last_state", ("batch", "dim", "state")))))
-    _retarget_outputs(graph, {readout.name if selects else epi_end: f"{name}:y", scan.name: f"{name}:last_state"})
+    _retarget_outputs(graph, {rec.name if selects else epi_end: f"{name}:y", f"{rec.name}:final": f"{name}:last_state"})
     ctx.schedule = ctx.schedule.with_fusion(name, members).with_tunables(
         name, {"BLOCK_D": [8, 16, 32, 64], "num_warps": [2, 4, 8]})
     return epi_end
@@ -117,9 +123,9 @@ def _fuse_conv(graph, ctx, conv, selects):
     # The prologue is (dim, state)-sized and runs on the host in torch's complex arithmetic, where
     # the unsplit form is both exact and shorter; only the Vandermonde kernel sees real pairs.
     targets = [("log_decay", log_decay.expr), ("coeff", coeff.expr)]
-    complex_state = graph.op("A").dtype == "pair"
-    plan = ConvPlan(complex=complex_state, has_dt_bias="dt_bias" in dt.inputs, has_D="D" in epi_inputs,
-                    has_z="z" in epi_inputs, dt_block=(("dt", dt.expr),), kernel_block=_cse_block(targets),
+    complex_state = next(op for op in graph.of_kind(Param) if op.role == "A").dtype == "pair"
+    plan = ConvPlan(complex=complex_state, has_dt_bias="dt_bias" in _roles(graph, dt.inputs),
+                    has_D="D" in _roles(graph, epi_inputs), has_z="z" in _roles(graph, epi_inputs), dt_block=(("dt", dt.expr),), kernel_block=_cse_block(targets),
                     epilogue_block=epilogue)
     members = (dt.name, log_decay.name, coeff.name, kernel.name, conv.name) + epi_members
     inputs = _kernel_inputs(graph, set(dt.inputs) | set(log_decay.inputs) | set(coeff.inputs)

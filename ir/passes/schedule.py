@@ -12,29 +12,25 @@ import sympy
 from ...errors import ScheduleError
 from .. import cost
 from ..graph import Graph
-from ..ops import Contract, Elementwise, FFTConv, KernelGen, Scan, Select
+from ..ops import Elementwise, FFTConv, KernelGen, RecurrenceOp, Select
 from ..schedule import Decision
 
-
-def _time_varying_operands(graph: Graph, scan: Scan, readouts) -> list:
-    """The operands of the recurrence and its readout that vary over time. A single convolution kernel
-    exists only if decay, input and readout are all constant in time (none is listed)."""
-    operands = [graph.op(v) for v in scan.inputs[:3]] + [graph.op(r.inputs[0]) for r in readouts]
-    return [op.name for op in operands if "len" in op.shape]
+# what each time-varying operand of the recurrence makes vary, by the spec field a user names in
+# `selective` (the Recurrence's operand names are the spec's: dt, B, C)
+_VARYING = {"dt": "decay, input scale", "B": "input (B)", "C": "readout (C)"}
 
 
-# the graph's time-varying inputs, by the spec field a user names in `selective`
-_SPEC_FIELDS = {"delta": "dt", "B": "B", "C": "C"}
+def time_varying_operands(recurrence) -> list:
+    """The spec fields among dt, B, C whose operands vary over time (their layout has `len`). A single
+    convolution kernel exists only if none does: decay, input and readout constant in time."""
+    return [name for name in _VARYING if recurrence.varies_over_time(name)]
 
 
-def _conv_refusal(graph: Graph, scan: Scan, varying: list) -> str:
-    """Why schedule='conv' cannot apply, in the spec's words (its `selective` fields and what they
-    make vary), not the IR's value names."""
-    selective = tuple(field for name, field in _SPEC_FIELDS.items()
-                      if name in graph and "len" in (graph.op(name).shape or ()))
-    roles = {scan.inputs[0]: "decay", scan.inputs[1]: "input scale", scan.inputs[2]: "input (B)"}
-    what = [roles.get(name, "readout (C)") for name in varying]
-    return (f"schedule='conv': the spec's selective={selective!r} makes the {', '.join(what)} vary over "
+def _conv_refusal(varying: list) -> str:
+    """Why schedule='conv' cannot apply, in the spec's words (its `selective` fields and what they make
+    vary)."""
+    what = ", ".join(_VARYING[name] for name in varying)
+    return (f"schedule='conv': the spec's selective={tuple(varying)!r} makes the {what} vary over "
             f"time, and an FFT convolution needs a time-invariant layer (selective=()); "
             f"use schedule='scan' or 'auto'")
 
@@ -49,14 +45,13 @@ def _log(decay: sympy.Expr) -> sympy.Expr:
     return sympy.log(decay)
 
 
-def _add_convolution_form(graph: Graph, scan: Scan, readout: Contract, complex_state: bool) -> str:
-    """Add K = Vandermonde(log_decay, coeff) and y_conv = FFTConv(u, K) beside the scan."""
-    decay, scale = graph.op(scan.inputs[0]), graph.op(scan.inputs[1])
-    b_name, u_name = scan.inputs[2], scan.inputs[3]
-    c_name = readout.inputs[0]
+def _add_convolution_form(graph: Graph, rec: RecurrenceOp, complex_state: bool) -> str:
+    """Add K = Vandermonde(log_decay, coeff) and y_conv = FFTConv(u, K) beside the recurrence."""
+    decay, scale = graph.op(rec.operand("decay")), graph.op(rec.operand("input_scale"))
+    b_name, u_name, c_name = rec.operand("B"), rec.operand("u"), rec.operand("C")
     log_decay = _log(decay.expr)
     graph.add(Elementwise("log_decay", inputs=decay.inputs, dtype="complex", expr=log_decay))
-    doubling = 2 if complex_state else 1
+    doubling = 2 if rec.real_part_doubled else 1
     coeff = doubling * sympy.Symbol(c_name) * sympy.Symbol(b_name) * scale.expr
     if not complex_state:
         coeff = coeff.xreplace({s: sympy.Symbol(s.name, real=True) for s in coeff.free_symbols})
@@ -79,34 +74,33 @@ def _rewire(graph: Graph, old: str, new: str, keep=()) -> None:
 
 
 def choose_schedule(graph: Graph, ctx) -> Graph:
-    for scan in graph.of_kind(Scan):
-        readouts = [op for op in graph.users(scan.name) if isinstance(op, Contract)]
-        complex_state = scan.dtype in ("complex", "pair")
+    for rec in graph.of_kind(RecurrenceOp):
+        subject = "recurrence"      # what each decision is about, as `ssmc explain` and the module say it
+        complex_state = rec.dtype in ("complex", "pair")
         scan_cost = cost.scan_cost(complex_state)
-        varying = _time_varying_operands(graph, scan, readouts)
+        varying = time_varying_operands(rec.recurrence)
         if varying:
             if ctx.request == "conv":
-                raise ScheduleError(_conv_refusal(graph, scan, varying))
+                raise ScheduleError(_conv_refusal(varying))
             ctx.schedule = ctx.schedule.with_decision(Decision(
-                scan.name, "scan", "selective: an operand varies over time, no convolution form",
+                subject, "scan", "selective: an operand varies over time, no convolution form",
                 {"scan": str(scan_cost)}))
             continue
-        (readout,) = readouts
         conv_cost = cost.conv_cost(complex_state)
         costs = {"scan": str(scan_cost), "conv": str(conv_cost)}
         if ctx.request == "scan":
-            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "scan", "requested: schedule='scan'", costs))
+            ctx.schedule = ctx.schedule.with_decision(Decision(subject, "scan", "requested: schedule='scan'", costs))
             continue
-        y_conv = _add_convolution_form(graph, scan, readout, complex_state)
+        y_conv = _add_convolution_form(graph, rec, complex_state)
         if ctx.request == "conv":
-            _rewire(graph, readout.name, y_conv)
-            ctx.schedule = ctx.schedule.with_decision(Decision(scan.name, "conv", "requested: schedule='conv'", costs))
+            _rewire(graph, rec.name, y_conv)
+            ctx.schedule = ctx.schedule.with_decision(Decision(subject, "conv", "requested: schedule='conv'", costs))
         else:
             predicate = sympy.StrictLessThan(conv_cost, scan_cost)
-            graph.add(Select("y_select", inputs=(y_conv, readout.name), use_first=predicate))
-            _rewire(graph, readout.name, "y_select", keep=("y_select",))
+            graph.add(Select("y_select", inputs=(y_conv, rec.name), use_first=predicate))
+            _rewire(graph, rec.name, "y_select", keep=("y_select",))
             ctx.schedule = ctx.schedule.with_decision(Decision(
-                scan.name, "by-shape", "time-invariant: conv when cost[conv] < cost[scan] at the call's shape",
+                subject, "by-shape", "time-invariant: conv when cost[conv] < cost[scan] at the call's shape",
                 costs))
         graph.remove_dead()
     return graph

@@ -7,8 +7,8 @@ channels of a group).
 from __future__ import annotations
 
 from ..graph import Graph
-from ..ops import (Contract, Discretize, Elementwise, FFTConv, Fused, Input, KernelGen, Op, Output, Param,
-                   Scan, Select)
+from ..ops import (Discretize, Elementwise, FFTConv, Fused, Input, KernelGen, Op, Output, Param, RecurrenceOp,
+                   Select)
 
 CANONICAL = ("batch", "dim", "len", "state")
 
@@ -28,6 +28,8 @@ def value_shape(graph: Graph, value: str) -> tuple | None:
     if isinstance(op, Fused):
         port = value.split(":", 1)[1]
         return dict(op.outputs)[port]
+    if isinstance(op, RecurrenceOp) and ":" in value:
+        return op.PORTS[value.split(":", 1)[1]]
     return op.shape
 
 
@@ -39,18 +41,16 @@ def _infer(graph: Graph, op: Op) -> tuple | None:
         return op.shape
     if isinstance(op, (Elementwise, Discretize, Select)):
         return broadcast(*shapes)
-    if isinstance(op, Scan):
-        # every state, for every time step: (batch, dim, len, state)
-        return broadcast(*shapes, ("batch", "len", "state"))
-    if isinstance(op, Contract):
-        return tuple(d for d in broadcast(*shapes) if d != op.reduce)
+    if isinstance(op, RecurrenceOp):
+        # y: the readout reduces the state away; every output step is there
+        return tuple(d for d in broadcast(*shapes, ("batch", "len")) if d != "state")
     if isinstance(op, KernelGen):
         return ("dim", "len")
     if isinstance(op, FFTConv):
         return broadcast(*shapes)
     if isinstance(op, Output):
         (shape,) = shapes
-        return tuple(d for d in shape if d != "len") if op.take == "last" else shape
+        return shape
     if isinstance(op, Fused):
         return ()
     raise TypeError(f"no shape rule for {op.kind}")
