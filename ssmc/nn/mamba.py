@@ -89,14 +89,19 @@ class Mamba(nn.Module):
         batch, length, _ = hidden.shape
         xz = self.in_proj(hidden).transpose(1, 2)                       # (batch, 2·d_inner, len)
         x, z = xz.chunk(2, dim=1)
+        weight = self.conv1d.weight[:, 0]                               # (d_inner, d_conv)
         if conv_state is None:
-            conv_state = x.new_zeros(batch, self.d_inner, self.d_conv - 1)
-        window = torch.cat([conv_state.to(x.dtype), x], dim=-1)          # (batch, d_inner, d_conv - 1 + len)
-        if length > 0:                                                  # conv1d refuses inputs shorter than its kernel
-            # causal depthwise convolution over [window before, x]: the same as conv1d's zero left
-            # padding when the window is zero, and it resumes a sequence when it is not
-            x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
-        x = F.silu(x)
+            # the generated causal depthwise conv1d with the SiLU fused (forward and backward kernels)
+            window = x[..., max(0, length - (self.d_conv - 1)):]
+            x = ops.causal_conv1d_fn(x, weight, self.conv1d.bias, activation="silu")
+            if window.shape[-1] < self.d_conv - 1:                      # shorter than the window: zeros before
+                window = F.pad(window, (self.d_conv - 1 - window.shape[-1], 0))
+        else:
+            # resuming a sequence: the convolution over [the window before, x]
+            window = torch.cat([conv_state.to(x.dtype), x], dim=-1)      # (batch, d_inner, d_conv - 1 + len)
+            if length > 0:                                              # conv1d refuses inputs shorter than its kernel
+                x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+            x = F.silu(x)
         dt_low, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state],
                                    dim=-1)
         delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)      # bias goes to the scan
@@ -180,12 +185,8 @@ class Mamba(nn.Module):
                 got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
                 raise ShapeError(f"{name}: expected shape {shape} (allocate_inference_cache makes it), got {got}")
         x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)          # (batch, d_inner) each
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[:, :, -1] = x.to(conv_state.dtype)
-        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x).to(hidden_states.dtype)
+        x = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        x = x.to(hidden_states.dtype)
         dt_low, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = dt_low @ self.dt_proj.weight.t()
         package = ops._package(ops.selective_scan_key(self.d_state))
