@@ -17,7 +17,8 @@ def rel(out, ref):
 
 def block_from_equations(m, hidden):
     """The block on its state dict in float64: in_proj -> z, xBC, dt; causal depthwise conv + SiLU;
-    SSD (the plain recurrence); RMSNorm per group of y·silu(z); out_proj."""
+    SSD (the plain recurrence); RMSNorm per group of y·silu(z) (of y, then ·silu(z), with
+    norm_before_gate; no norm, y·silu(z), without rmsnorm); out_proj."""
     s = {k: v.double() for k, v in m.state_dict().items()}
     hidden = hidden.double()
     batch, length, _ = hidden.shape
@@ -29,9 +30,12 @@ def block_from_equations(m, hidden):
     y = ssd_sequential_ref(x.reshape(batch, length, m.nheads, m.headdim), dt, -torch.exp(s["A_log"]),
                            B.reshape(batch, length, m.ngroups, m.d_state), C.reshape(batch, length, m.ngroups, m.d_state),
                            D=s["D"], dt_bias=s["dt_bias"], dt_softplus=True).reshape(batch, length, m.d_inner)
-    gated = (y * F.silu(z)).reshape(batch, length, m.ngroups, -1)
+    if not m.rmsnorm:
+        return (y * F.silu(z)) @ s["out_proj.weight"].t()
+    gated = (y if m.norm_before_gate else y * F.silu(z)).reshape(batch, length, m.ngroups, -1)
     normed = (gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(batch, length, m.d_inner)
-    return (normed * s["norm.weight"]) @ s["out_proj.weight"].t()
+    normed = normed * s["norm.weight"]
+    return (normed * F.silu(z) if m.norm_before_gate else normed) @ s["out_proj.weight"].t()
 
 
 def test_names_shapes_and_init(backend):
@@ -93,7 +97,8 @@ def test_decoding_step_by_step_equals_the_forward(backend, backend_name):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_model=10, headdim=64), "must be a positive multiple of headdim"),
     (dict(d_model=64, headdim=16, ngroups=3), "ngroups=3 must divide"),
-    (dict(d_model=64, headdim=16, norm_before_gate=True), "norm_before_gate"),
+    (dict(d_model=64, headdim=16, norm_before_gate=1), "norm_before_gate: expected True or False"),
+    (dict(d_model=64, headdim=16, rmsnorm="yes"), "rmsnorm: expected True or False"),
     (dict(d_model=64, headdim=16, A_init_range=(0, 4)), "A_init_range"),
 ])
 def test_constructor_errors(kwargs, message):
@@ -142,3 +147,25 @@ def test_block_compiles_with_fullgraph(monkeypatch):
     out = torch.compile(m, fullgraph=True, backend="eager")(hidden)
     out.sum().backward()
     assert rel(out, m(hidden)) < 1e-6 and torch.isfinite(hidden.grad).all()
+
+
+@pytest.mark.parametrize("rmsnorm, norm_before_gate", [(True, True), (False, False)])
+def test_other_norm_forms_equal_their_equations_and_decode(backend, rmsnorm, norm_before_gate):
+    """norm_before_gate=True: RMSNorm(y)·weight·silu(z); rmsnorm=False: no norm (no norm.weight), the
+    gate applied by the SSD's epilogue; the step path gives the forward's outputs in both."""
+    backend("c")
+    torch.manual_seed(4)
+    m = Mamba2(32, d_state=16, headdim=16, ngroups=2, chunk_size=16, rmsnorm=rmsnorm,
+               norm_before_gate=norm_before_gate)
+    assert ("norm.weight" in m.state_dict()) == rmsnorm
+    with torch.no_grad():
+        if rmsnorm:
+            m.norm.weight.uniform_(0.5, 1.5)
+        m.D.uniform_(-1, 1)
+    hidden = torch.randn(2, 21, 32)
+    with torch.no_grad():
+        whole = m(hidden)
+        assert rel(whole, block_from_equations(m, hidden)) < 1e-5
+        conv_state, ssm_state = m.allocate_inference_cache(2)
+        steps = [m.step(hidden[:, t:t + 1], conv_state, ssm_state)[0] for t in range(21)]
+    assert rel(torch.cat(steps, dim=1), whole) < 1e-5

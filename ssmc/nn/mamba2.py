@@ -7,7 +7,9 @@ On (batch, len, d_model), d_inner = expand·d_model in heads of `headdim`:
     xBC        = silu(causal depthwise conv1d(xBC))  kernel d_conv (ssmc.ops.causal_conv1d_fn)
     x, B, C    = xBC                                 widths d_inner, ngroups·d_state, ngroups·d_state
     y          = SSD(x, dt, A = -exp(A_log), B, C, D, dt_bias, softplus, dt_limit)
-    out        = out_proj(RMSNorm_group(y · silu(z)) · norm.weight)      (norm_before_gate=False)
+    out        = out_proj(RMSNorm_group(y · silu(z)) · norm.weight)      (rmsnorm, norm_before_gate=False)
+               = out_proj(RMSNorm_group(y) · norm.weight · silu(z))      (rmsnorm, norm_before_gate=True)
+               = out_proj(SSD(..., z))                                   (rmsnorm=False: the gate in the SSD)
 
 Parameter names and shapes (in_proj, conv1d, dt_bias, A_log, D, norm.weight, out_proj) and the
 initialisation are those of the reference implementation's Mamba2 module, so that its checkpoints
@@ -28,13 +30,16 @@ from ..errors import ShapeError, SpecError
 from ..runtime.calls import check_dt_range, check_int, check_layer_input, check_number
 
 
-def gated_rms_norm(y, z, weight, groups, eps=1e-5):
-    """RMSNorm of y·silu(z) over each of `groups` equal slices of the last axis, times `weight`
-    (the reference's RMSNormGated with norm_before_gate=False)."""
-    gated = (y * F.silu(z)).float()
+def gated_rms_norm(y, z, weight, groups, eps=1e-5, norm_before_gate=False):
+    """RMSNorm over each of `groups` equal slices of the last axis, times `weight`, gated by silu(z):
+    of y·silu(z) (norm_before_gate=False, Mamba-2's default), or of y, then times silu(z) (True) — the
+    reference's RMSNormGated."""
+    gated = y.float() if norm_before_gate else (y * F.silu(z)).float()
     grouped = gated.unflatten(-1, (groups, -1))
-    normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed.flatten(-2) * weight.float()).to(y.dtype)
+    normed = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * weight.float()
+    if norm_before_gate:
+        normed = normed * F.silu(z.float())
+    return normed.to(y.dtype)
 
 
 @dataclass
@@ -71,9 +76,10 @@ class Mamba2(nn.Module):
         self.nheads = self.d_inner // self.headdim
         if self.nheads % self.ngroups:
             raise SpecError(f"ngroups={ngroups} must divide the number of heads {self.nheads}")
-        if not rmsnorm or norm_before_gate:
-            raise SpecError("rmsnorm=True, norm_before_gate=False (Mamba-2's defaults) are the supported forms; "
-                            f"got rmsnorm={rmsnorm!r}, norm_before_gate={norm_before_gate!r}")
+        for name, value in (("rmsnorm", rmsnorm), ("norm_before_gate", norm_before_gate)):
+            if not isinstance(value, bool):
+                raise SpecError(f"{name}: expected True or False, got {value!r}")
+        self.rmsnorm, self.norm_before_gate = rmsnorm, norm_before_gate
         if not (isinstance(A_init_range, (tuple, list)) and len(A_init_range) == 2 and 0 < A_init_range[0]
                 <= A_init_range[1]):
             raise SpecError(f"A_init_range: expected (low, high) with 0 < low <= high, got {A_init_range!r}")
@@ -82,7 +88,8 @@ class Mamba2(nn.Module):
         self.dt_limit = tuple(dt_limit)
         self.chunk_size = chunk_size
         self.layer_idx = layer_idx
-        self._ssd_key = ops.chunk_scan_key(self.d_state, self.headdim, self.ngroups, has_D=True, has_z=False)
+        # without the norm, the gate silu(z) is the SSD's own epilogue (one pass over y)
+        self._ssd_key = ops.chunk_scan_key(self.d_state, self.headdim, self.ngroups, has_D=True, has_z=not rmsnorm)
         ops.prepare(self._ssd_key)          # compiled now: the first forward finds it
 
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
@@ -99,8 +106,9 @@ class Mamba2(nn.Module):
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.nheads, device=device))
         self.D._no_weight_decay = True
-        self.norm = nn.Module()
-        self.norm.weight = nn.Parameter(torch.ones(self.d_inner, **factory))
+        if rmsnorm:
+            self.norm = nn.Module()
+            self.norm.weight = nn.Parameter(torch.ones(self.d_inner, **factory))
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
     # ---- shared pieces ------------------------------------------------------------------------------
@@ -112,8 +120,16 @@ class Mamba2(nn.Module):
         return (x.unflatten(-1, (self.nheads, self.headdim)), B.unflatten(-1, (self.ngroups, self.d_state)),
                 C.unflatten(-1, (self.ngroups, self.d_state)))
 
+    def _ssd_gate(self, z):
+        """z as the SSD's gate operand (batch, [len,] heads, headdim) when there is no norm, else None."""
+        return None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim))
+
     def _output(self, y, z):
-        return self.out_proj(gated_rms_norm(y.flatten(-2), z, self.norm.weight, self.ngroups))
+        y = y.flatten(-2)
+        if not self.rmsnorm:             # already gated by the SSD
+            return self.out_proj(y)
+        return self.out_proj(gated_rms_norm(y, z, self.norm.weight, self.ngroups,
+                                            norm_before_gate=self.norm_before_gate))
 
     # ---- whole sequences ------------------------------------------------------------------------------
     def forward(self, hidden_states, seq_idx=None, cu_seqlens=None, inference_params=None):
@@ -138,7 +154,7 @@ class Mamba2(nn.Module):
                                    activation="silu").transpose(1, 2)
         x, B, C = self._split_xBC(xBC)
         y = ops.mamba_chunk_scan_combined(x, dt, -torch.exp(self.A_log.float()), B, C, self.chunk_size, D=self.D,
-                                          dt_bias=self.dt_bias, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
+                                          z=self._ssd_gate(z), dt_bias=self.dt_bias, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
                                           dt_softplus=True, dt_limit=self.dt_limit,
                                           return_final_states=states is not None)
         if states is not None:
@@ -182,6 +198,6 @@ class Mamba2(nn.Module):
         xBC = ops.causal_conv1d_update(xBC, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         x, B, C = self._split_xBC(xBC.to(hidden_states.dtype))
         package = ops._package(self._ssd_key)
-        y = package.step(x, dt, -torch.exp(self.A_log.float()), B, C, ssm_state, D=self.D, dt_bias=self.dt_bias,
-                         dt_softplus=True, dt_limit=self.dt_limit)
+        y = package.step(x, dt, -torch.exp(self.A_log.float()), B, C, ssm_state, D=self.D, z=self._ssd_gate(z),
+                         dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit)
         return self._output(y, z)[:, None], conv_state, ssm_state
