@@ -1,16 +1,30 @@
-"""The PyTorch backend: the fused plans rendered as vectorised PyTorch (the no-compiler fallback)."""
+"""The PyTorch backend: the fused plans rendered as vectorised PyTorch (the no-compiler fallback).
+
+One template per stage (templates/torch/siso/), rendered into one module, `kernels_torch.py`: a
+prelude (imports, complex-pair helpers), then with a ScanPlan its flags as constants and its printed
+blocks as functions (`plan`), the recurrence over a chunk, `scan_fwd`, `scan_bwd` and `scan_step`, and
+with a ConvPlan `vandermonde` and `vandermonde_bwd`. The templates branch on the flags in Python, not
+in jinja: jinja prints only names and the plan's sympy blocks."""
 from __future__ import annotations
+
+import sympy
 
 from .printers import TorchPrinter
 from .render import fused_plans, header, indent, print_block, render
 
 CHUNK = 64
+TEMPLATES = "torch/siso"
+SCAN_PARTS = ("plan", "recurrence", "scan_fwd", "scan_bwd", "scan_step")
+CONV_PARTS = ("vandermonde", "vandermonde_bwd")
+
+# A real plan's blocks name A, decay, scale and their gradients without a part; the templates carry
+# every complex quantity as an (re, im) pair, im None for a real plan, so these become the re parts.
+PAIR_NAMES = {"A": "A_re", "decay": "decay_re", "scale": "scale_re", "grad_A": "grad_A_re",
+              "grad_decay": "grad_decay_re", "grad_scale": "grad_scale_re"}
 
 
 def _rename(block, names: dict):
-    """The block over the chunk's local variables (u -> u_c, A_re -> A4_re, ...): the template
-    binds those, so a block's symbols never shadow the function's whole-sequence operands."""
-    import sympy
+    """The block with its symbols and targets renamed by `names`."""
     out = []
     for target, expr in block:
         expr = expr.xreplace({s: sympy.Symbol(names[s.name], real=True) for s in expr.free_symbols if s.name in names})
@@ -18,23 +32,23 @@ def _rename(block, names: dict):
     return out
 
 
-CHUNK_NAMES = {"u": "u_c", "z": "z_c", "grad_out": "grad_out_c", "grad_u": "grad_u_c", "grad_z": "grad_z_c",
-               "dt": "dt4", "A": "A4_re", "A_re": "A4_re", "A_im": "A4_im"}
+def _plan_lines(scan, printer) -> dict:
+    """Each block of the plan printed as the body of its function in plan.py.jinja."""
+    blocks = dict(dt_lines=scan.dt_block, grad_dt_lines=scan.grad_dt_block,
+                  discretize_lines=_rename(scan.discretize_block, PAIR_NAMES),
+                  grad_discretize_lines=_rename(scan.grad_discretize_block, PAIR_NAMES),
+                  epilogue_lines=scan.epilogue_block, grad_epilogue_lines=scan.grad_epilogue_block)
+    return {key: indent(print_block(block, printer), 4) for key, block in blocks.items()}
 
 
 def render_sources(lowered) -> dict:
     plans = fused_plans(lowered)
-    scan = plans.get("scan")
-    printer = TorchPrinter()
-    context = dict(header=header(lowered, "torch"), name=lowered.spec.name, chunk=CHUNK,
-                   scan=scan, conv=plans.get("conv"))
+    scan, conv = plans.get("scan"), plans.get("conv")
+    parts = [render(f"{TEMPLATES}/prelude.py.jinja", header=header(lowered, "torch"), name=lowered.spec.name,
+                    chunk=CHUNK)]
     if scan is not None:
-        context.update(
-            dt_lines=indent(print_block(scan.dt_block, printer), 4),
-            discretize_lines=indent(print_block(scan.discretize_block, printer), 4),
-            epilogue_lines=indent(print_block(scan.epilogue_block, printer), 4),
-            grad_epilogue_lines=indent(print_block(_rename(scan.grad_epilogue_block, CHUNK_NAMES), printer), 8),
-            grad_discretize_lines=indent(print_block(_rename(scan.grad_discretize_block, CHUNK_NAMES), printer), 8),
-            grad_dt_lines=indent(print_block(scan.grad_dt_block, printer), 4),
-        )
-    return {"kernels_torch.py": render("torch/kernels.py.jinja", **context)}
+        lines = _plan_lines(scan, TorchPrinter())
+        parts += [render(f"{TEMPLATES}/{part}.py.jinja", scan=scan, **lines) for part in SCAN_PARTS]
+    if conv is not None:
+        parts += [render(f"{TEMPLATES}/{part}.py.jinja") for part in CONV_PARTS]
+    return {"kernels_torch.py": "".join(parts)}

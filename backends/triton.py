@@ -1,19 +1,27 @@
 """The Triton backend: the fused plans rendered as Triton GPU kernels plus their host launchers.
 
-`render_sources` fills `templates/triton/kernels.py.jinja` (plain Triton; jinja picks structure
-only) with the plan's blocks printed by `TritonPrinter`. Two rewrites happen on the way:
+`render_sources` renders one template per stage from `templates/triton/siso/` — the prelude (imports,
+scalar functions, (re, im) pair helpers, autotuning helpers), the scan plan, what the scan kernels
+share, `scan_fwd`, `scan_bwd`, `scan_step`, `vandermonde`, `vandermonde_bwd` — and concatenates them
+into the one module `kernels_triton.py` that the package loads. The templates are plain Triton in the
+style of Inductor's: the plan's flags are `tl.constexpr` arguments (SCAN_FLAGS, passed by the
+launchers; an absent operand is a None pointer), so the kernels and launchers read the same for every
+plan. Jinja only prints: the flags, the tunables and the plan's sympy blocks, as the helpers
+`_discretize`, `_epilogue`, `_grad_epilogue`, `_grad_discretize` and `_grad_dt` (printed by
+`TritonPrinter`). A real plan's blocks are renamed into the kernels' pair naming (A -> A_re,
+decay -> decay_re, ...; the imaginary parts are 0.0). Two rewrites happen on the way:
 
-- exp -> exp2: `exp(A·dt)` in the discretization becomes `exp2(A_log2e·dt)` (and `expm1(A·dt)`
-  `expm1_exp2(A_log2e·dt)`, which shares that exp2), with log2(e) folded
-  into A once per program (the kernel loads `A_log2e = A · LOG2E` beside A), so the time loop pays
-  one exp2 per (channel, state, step) and no extra multiply. An exponent is recognised through the
-  block's common subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a
-  multiple of A stays `tl.exp` (which Triton lowers to a multiply and an exp2 itself).
+- exp -> exp2: `exp(A·dt)` in the discretization becomes `exp2(A_re_log2e·dt)` (and `expm1(A·dt)`
+  `expm1_exp2(A_re_log2e·dt)`, which shares that exp2), with log2(e) folded into A once per program
+  (the kernels compute `A_re_log2e = A_re · LOG2E` beside A), so the time loop pays one exp2 per
+  (channel, state, step) and no extra multiply. An exponent is recognised through the block's common
+  subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a multiple of A stays
+  `tl.exp` (which Triton lowers to a multiply and an exp2 itself).
 - the schedule's tunable spaces become the `triton.autotune` configs of each kernel.
 
-Training: the scan's backward kernel prints the plan's derived gradient blocks
-(`grad_epilogue_block`, `grad_discretize_block` with the same exp -> exp2 folding, `grad_dt_block`)
-around the template's reverse recurrence; the Vandermonde kernel's backward is a fixed formula.
+Training: the scan's backward kernel calls the plan's derived gradient helpers (`grad_epilogue_block`,
+`grad_discretize_block` with the same exp -> exp2 folding, `grad_dt_block`) around the template's
+reverse recurrence; the Vandermonde kernel's backward is a fixed formula.
 """
 from __future__ import annotations
 
@@ -87,42 +95,99 @@ def _tunables(lowered, kernel: str) -> dict:
     return DEFAULT_SPACES[kernel]
 
 
+# A real plan's blocks name the real parts of the kernels' (re, im) pairs (the kernels read one naming);
+# its imaginary parts are 0.0.
+REAL_AS_PAIRS = {name: name + "_re" for name in ("A", "decay", "scale", "grad_A", "grad_decay", "grad_scale")}
+IMAGINARY = ("decay_im", "scale_im", "grad_A_im")
+
+# The plan's flags as the scan kernels' constexpr arguments: (argument, ScanPlan field, what it says).
+FLAGS = (("IS_COMPLEX", "complex", "complex A, B, C and state, as (re, im) pairs"),
+         ("DT_VARIES", "selective_dt", "delta (batch, dim, len), not (dim,)"),
+         ("B_VARIES", "selective_B", "B (batch, groups, N, len), not (dim, N)"),
+         ("C_VARIES", "selective_C", "C likewise"),
+         ("HAS_DT_BIAS", "has_dt_bias", "dt from delta + dt_bias"),
+         ("HAS_D", "has_D", "the skip D·u"),
+         ("HAS_Z", "has_z", "the gate z"))
+
+
+def as_pairs(block):
+    """A real plan's block in the pair naming (A -> A_re, decay -> decay_re, ...)."""
+    def rename(expr):
+        return expr.xreplace({s: sympy.Symbol(REAL_AS_PAIRS[s.name], **s.assumptions0)
+                              for s in expr.free_symbols if s.name in REAL_AS_PAIRS})
+    return tuple((REAL_AS_PAIRS.get(target, target), rename(expr)) for target, expr in block)
+
+
+def scan_flags(plan) -> dict:
+    """{constexpr argument: value} of a ScanPlan."""
+    return {name: bool(getattr(plan, field)) for name, field, _ in FLAGS}
+
+
+def _flags_text(plan) -> str:
+    values = scan_flags(plan)
+    lines = [f"    {name}={values[name]},".ljust(24) + f"# {doc}" for name, _, doc in FLAGS]
+    return "\n".join(["# The plan's flags: constexpr arguments of every scan kernel.", "SCAN_FLAGS = dict(",
+                      *lines, ")"])
+
+
+def _returns(block, names, optional=()) -> str:
+    """A printed helper's return tuple: the targets `names` of `block`, 0.0 for one the block lacks if it
+    is `optional` (a real plan's imaginary parts, an absent operand's gradient)."""
+    targets = {target for target, _ in block}
+    missing = [name for name in names if name not in targets and name not in optional]
+    if missing:
+        raise CompileError(f"triton backend: a plan block assigns {sorted(targets)}, not {missing}")
+    return ", ".join(name if name in targets else "0.0" for name in names)
+
+
+def _scan_context(lowered, scan) -> dict:
+    """What templates/triton/siso/scan_plan.py.jinja prints: the flags, the tunables and the blocks."""
+    if scan.direction != "forward":
+        raise CompileError(f"triton backend: scan direction {scan.direction!r} is not supported "
+                           "(expected 'forward')")
+    if not (scan.grad_epilogue_block and scan.grad_discretize_block and scan.grad_dt_block):
+        raise CompileError("triton backend: the scan plan has no gradient blocks "
+                           "(the derive_backward pass did not run)")
+    pairs = (lambda block: block) if scan.complex else as_pairs
+    discretize, _ = fold_exp2(pairs(scan.discretize_block), "A_re")
+    grad_discretize, _ = fold_exp2(pairs(scan.grad_discretize_block), "A_re")
+    printer = _Printer()
+
+    def lines(block):
+        return indent(print_block(block, printer), 4)
+
+    _returns(scan.dt_block, ("dt",))            # raises unless the block assigns dt (and out, below)
+    _returns(scan.epilogue_block, ("out",))
+    return dict(
+        flags=_flags_text(scan), tunables=_tunables(lowered, KERNEL_NAMES["scan"]),
+        dt_lines=lines(scan.dt_block), discretize_lines=lines(discretize),
+        discretize_returns=_returns(discretize, ("decay_re", "decay_im", "scale_re", "scale_im"), IMAGINARY),
+        epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),
+        grad_epilogue_returns=_returns(scan.grad_epilogue_block, ("grad_y", "grad_u", "grad_D", "grad_z"),
+                                       ("grad_u", "grad_D", "grad_z")),
+        grad_discretize_lines=lines(grad_discretize),
+        grad_discretize_returns=_returns(grad_discretize, ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
+        grad_dt_lines=lines(scan.grad_dt_block),
+        grad_dt_returns=_returns(scan.grad_dt_block, ("grad_delta", "grad_dt_bias"), ("grad_dt_bias",)))
+
+
+SCAN_TEMPLATES = ("scan_plan", "scan_common", "scan_fwd", "scan_bwd", "scan_step")
+CONV_TEMPLATES = ("vandermonde", "vandermonde_bwd")
+
+
 def render_sources(lowered) -> dict:
+    """{"kernels_triton.py": source}: the prelude, then one template per stage of the fused plans
+    (templates/triton/siso/), concatenated into the one module the package loads."""
     plans = fused_plans(lowered)
     scan, conv = plans.get("scan"), plans.get("conv")
-    printer = _Printer()
-    context = dict(header=header(lowered, "triton"), name=lowered.spec.name, scan=scan, conv=conv,
-                   scan_tunables={}, conv_tunables={}, fold_A=False, time_varying=[],
-                   dt_lines="", discretize_lines="", epilogue_lines="", grad_epilogue_lines="",
-                   grad_discretize_lines="", grad_dt_lines="", grad_epilogue_targets=[],
-                   step_dt_lines="", step_discretize_lines="", step_epilogue_lines="")
+    kernels = (["scan_fwd", "scan_bwd", "scan_step"] if scan is not None else []) + (
+        ["vandermonde", "vandermonde_bwd"] if conv is not None else [])
+    parts = [render("triton/siso/prelude.py.jinja", header=header(lowered, "triton"), name=lowered.spec.name,
+                    kernels=kernels)]
     if scan is not None:
-        if scan.direction != "forward":
-            raise CompileError(f"triton backend: scan direction {scan.direction!r} is not supported "
-                               "(expected 'forward')")
-        if not (scan.grad_epilogue_block and scan.grad_discretize_block and scan.grad_dt_block):
-            raise CompileError("triton backend: the scan plan has no gradient blocks "
-                               "(the derive_backward pass did not run)")
-        rate = "A_re" if scan.complex else "A"
-        discretize, fold_forward = fold_exp2(scan.discretize_block, rate)
-        grad_discretize, fold_backward = fold_exp2(scan.grad_discretize_block, rate)
-        context["fold_A"] = fold_forward or fold_backward
-        # per step inside the time loops (depth 12), or hoisted before them / after them (depth 4)
-        depth = 12 if scan.selective_dt else 4
-        context["dt_lines"] = indent(print_block(scan.dt_block, printer), depth)
-        context["discretize_lines"] = indent(print_block(discretize, printer), depth)
-        context["epilogue_lines"] = indent(print_block(scan.epilogue_block, printer), 12)
-        context["grad_epilogue_lines"] = indent(print_block(scan.grad_epilogue_block, printer), 12)
-        context["grad_discretize_lines"] = indent(print_block(grad_discretize, printer), depth)
-        context["grad_dt_lines"] = indent(print_block(scan.grad_dt_block, printer), depth)
-        context["grad_epilogue_targets"] = [target for target, _ in scan.grad_epilogue_block]
-        # the decoding step's kernel: everything once, at depth 4
-        context["step_dt_lines"] = indent(print_block(scan.dt_block, printer), 4)
-        context["step_discretize_lines"] = indent(print_block(discretize, printer), 4)
-        context["step_epilogue_lines"] = indent(print_block(scan.epilogue_block, printer), 4)
-        context["time_varying"] = [name for name, selective in (("B", scan.selective_B), ("C", scan.selective_C))
-                                   if selective]
-        context["scan_tunables"] = _tunables(lowered, KERNEL_NAMES["scan"])
+        context = _scan_context(lowered, scan)
+        parts += [render(f"triton/siso/{name}.py.jinja", **context) for name in SCAN_TEMPLATES]
     if conv is not None:
-        context["conv_tunables"] = _tunables(lowered, KERNEL_NAMES["conv"])
-    return {"kernels_triton.py": render("triton/kernels.py.jinja", **context)}
+        tunables = _tunables(lowered, KERNEL_NAMES["conv"])
+        parts += [render(f"triton/siso/{name}.py.jinja", tunables=tunables) for name in CONV_TEMPLATES]
+    return {"kernels_triton.py": "\n\n\n".join(part.strip("\n") for part in parts) + "\n"}

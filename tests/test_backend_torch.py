@@ -1,9 +1,13 @@
 """The generated PyTorch fallback against the float64 reference, on fresh random inputs."""
+import pathlib
+
 import pytest
 import torch
 
 import ssmc
-from ssmc.compiler import compile_package
+from ssmc import templates
+from ssmc.backends.torch import render_sources
+from ssmc.compiler import compile_package, lower
 from ssmc.reference import selective_scan_ref
 
 from conftest import rel_error, scan_inputs
@@ -76,3 +80,18 @@ def test_bfloat16_inputs_accumulate_in_float32(backend):
     ref = selective_scan_ref(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], D=inputs["D"],
                              z=inputs["z"], delta_bias=inputs["delta_bias"], delta_softplus=True)
     assert rel_error(y, ref.double()) < 1e-2   # bfloat16 output rounding (8-bit mantissa)
+
+
+def test_one_module_from_stage_templates_with_the_plan_as_constants():
+    """kernels_torch.py is the stage templates' concatenation: the plan's flags are Python constants
+    that the kernels test, and the templates hold no jinja control lines."""
+    mamba = render_sources(lower(ssmc.presets.mamba()))["kernels_torch.py"]
+    assert "IS_COMPLEX = False" in mamba and "HAS_Z = True" in mamba and "SELECTIVE_B = True" in mamba
+    assert "def scan_step(" in mamba and "def vandermonde(" not in mamba
+    s4d_conv = render_sources(lower(ssmc.presets.s4d(), "conv"))["kernels_torch.py"]
+    assert "def vandermonde_bwd(" in s4d_conv and "def scan_fwd(" not in s4d_conv
+    for source in (mamba, s4d_conv):
+        compile(source, "kernels_torch.py", "exec")
+    folder = pathlib.Path(templates.__file__).parent / "torch" / "siso"
+    for path in sorted(folder.glob("*.jinja")):
+        assert "{%" not in path.read_text(), path.name
