@@ -7,6 +7,7 @@ counts that are not multiples of the 16-channel blocks, lengths that end in a pa
 chunk, and state sizes other than the spec's (the generic, non-specialised path).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,6 +173,56 @@ def test_generated_source(backend):
     assert imports <= {"ctypes", "os", "torch", "ssmc"}
     assert all(line.startswith(("import ctypes", "import os", "import torch", "from ssmc.runtime"))
                for line in loader.splitlines() if line.startswith(("import ", "from ")))
+
+
+def test_generated_source_is_plain_c_over_the_plans_flags(backend):
+    """The plan's flags are C constants the kernels test with `if`s (templates/c/siso/: one stage per
+    file, no Jinja branch on a flag); one recurrence serves the forward, the backward's recomputation
+    of states and the decoding step; the plan's blocks are small functions in the pairs' names."""
+    from pathlib import Path
+
+    from ssmc.backends import c
+    from ssmc.ir.pass_manager import lower
+    folder = Path(c.__file__).parent.parent / "templates" / "c" / "siso"
+    for template in [*folder.glob("*.jinja"), folder.parent / "step.c.jinja"]:
+        text = template.read_text()
+        assert len(text.splitlines()) < 260, template.name
+        assert "{% if" not in text and not re.search(r"{[{%][^}]*\bscan\.", text), template.name
+    real = c.render_sources(lower(ssmc.presets.mamba(d_state=16, gate=False)))
+    source = real["kernels_c.c"]
+    assert "SSMC_COMPLEX = 0," in source and "SSMC_SELECTIVE_B = 1," in source and "SSMC_HAS_Z = 0," in source
+    assert "if (SSMC_HAS_Z)" in source and "{{" not in source and "{%" not in source
+    for precision in ("float", "double"):
+        assert source.count(f"SSMC_INLINE pair_{precision} recurrence_{precision}(") == 1
+        assert source.count(f"recurrence_{precision}(") == 2          # defined, called by scan_step
+        forward, backward = source.split(f"void scan_fwd_block_{precision}(")[1].split("#endif")[0], \
+            source.split(f"void scan_bwd_block_{precision}(")[1].split("#endif")[0]
+        assert f"scan_step_{precision}(" in forward and f"scan_step_{precision}(" in backward
+    # a real layer's A is A_re, its imaginary parts the literal zeros that fold away
+    assert "const float decay_re = ssmc_exp(A_re*dt);" in source and "const float decay_im = 0.0f;" in source
+    assert "recurrence_float(" in real["step_c.c"] and "discretize_float(" in real["step_c.c"]
+    complex_ = c.render_sources(lower(ssmc.presets.s4d(d_state=8)))["kernels_c.c"]
+    assert "SSMC_COMPLEX = 1," in complex_ and "SSMC_SELECTIVE_DT = 0," in complex_
+    assert "int ssmc_vandermonde_float(" in complex_
+
+
+def test_plan_blocks_reading_unknown_names_are_refused():
+    """A plan block reading a name its C function does not take is a CompileError naming it (never
+    C that fails to build)."""
+    import dataclasses
+
+    import sympy
+
+    from ssmc.backends import c
+    from ssmc.ir.pass_manager import lower
+    lowered = lower(ssmc.presets.mamba(d_state=4, gate=False))
+    plan = c.fused_plans(lowered)["scan"]
+    odd = dataclasses.replace(plan, epilogue_block=(("out", sympy.Symbol("y") + sympy.Symbol("w")),))
+    with pytest.raises(CompileError, match="epilogue formulas read w"):
+        c._precision_context(odd, None, "float")
+    missing = dataclasses.replace(plan, epilogue_block=(("result", sympy.Symbol("y")),))
+    with pytest.raises(CompileError, match="epilogue formulas compute no out"):
+        c._precision_context(missing, None, "float")
 
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and os.uname().machine == "x86_64"
