@@ -71,3 +71,22 @@ def test_resuming_from_the_returned_state_equals_the_whole_sequence(backend):
     first, state = m(hidden[:, :2], return_last_state=True)
     second = m(hidden[:, 2:], initial_state=state)
     assert rel(torch.cat([first, second], dim=1), whole) < 1e-5
+
+
+@pytest.mark.parametrize("prompt", [1, 2, 7])
+def test_inference_params_prompt_then_tokens_equal_the_whole_sequence(backend, prompt):
+    """The prompt leaves the convolution's last d_conv inputs in the cache (zeros before a prompt
+    shorter than that), and each later token steps from them."""
+    from ssmc.nn import InferenceCache
+    backend("c")
+    m = _block(2)
+    m.layer_idx = 0
+    hidden = torch.randn(2, 10, 24)
+    cache = InferenceCache(max_seqlen=10, max_batch_size=2)
+    with torch.no_grad():
+        whole = m(hidden)
+        outs = [m(hidden[:, :prompt], inference_params=cache)]
+        for t in range(prompt, 10):
+            cache.seqlen_offset = t
+            outs.append(m(hidden[:, t:t + 1], inference_params=cache))
+    assert rel(torch.cat(outs, dim=1), whole) < 1e-5

@@ -26,6 +26,18 @@ from ..runtime import init as initializers
 from ..runtime.calls import check_choice, check_dt_range, check_int, check_layer_input, check_number, dt_rank_of
 
 
+def last_inputs(x, before, keep):
+    """The last `keep` inputs of the convolution over [before, x] along time (zeros before the
+    sequence when `before` is None): x (batch, dim, len), before (batch, dim, width) or None. Only
+    the window is copied, never x."""
+    tail = x[..., max(0, x.shape[-1] - keep):]
+    if tail.shape[-1] < keep and before is not None:
+        tail = torch.cat([before.to(x.dtype), tail], dim=-1)[..., -keep:]
+    if tail.shape[-1] < keep:
+        tail = F.pad(tail, (keep - tail.shape[-1], 0))
+    return tail
+
+
 class Mamba(nn.Module):
     """Mamba block: (batch, len, d_model) -> (batch, len, d_model)."""
 
@@ -84,23 +96,21 @@ class Mamba(nn.Module):
         (zero padding if None)."""
         return self._ssm_inputs(hidden, conv_state)[0]
 
-    def _ssm_inputs(self, hidden, conv_state):
-        """(the scan's operands, the convolution window after the last step)."""
+    def _ssm_inputs(self, hidden, conv_state, keep=None):
+        """(the scan's operands, the convolution's last `keep` inputs (default d_conv - 1): the window
+        a later call resumes from; the decoding cache keeps d_conv)."""
         batch, length, _ = hidden.shape
         xz = self.in_proj(hidden).transpose(1, 2)                       # (batch, 2·d_inner, len)
         x, z = xz.chunk(2, dim=1)
-        weight = self.conv1d.weight[:, 0]                               # (d_inner, d_conv)
+        window = last_inputs(x, conv_state, self.d_conv - 1 if keep is None else keep)
         if conv_state is None:
             # the generated causal depthwise conv1d with the SiLU fused (forward and backward kernels)
-            window = x[..., max(0, length - (self.d_conv - 1)):]
-            x = ops.causal_conv1d_fn(x, weight, self.conv1d.bias, activation="silu")
-            if window.shape[-1] < self.d_conv - 1:                      # shorter than the window: zeros before
-                window = F.pad(window, (self.d_conv - 1 - window.shape[-1], 0))
+            x = ops.causal_conv1d_fn(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         else:
             # resuming a sequence: the convolution over [the window before, x]
-            window = torch.cat([conv_state.to(x.dtype), x], dim=-1)      # (batch, d_inner, d_conv - 1 + len)
             if length > 0:                                              # conv1d refuses inputs shorter than its kernel
-                x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+                x = F.conv1d(torch.cat([conv_state.to(x.dtype), x], dim=-1), self.conv1d.weight, self.conv1d.bias,
+                             groups=self.d_inner)
             x = F.silu(x)
         dt_low, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state],
                                    dim=-1)
@@ -108,7 +118,7 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         inputs = dict(u=x, delta=delta, A=A, B=B.transpose(1, 2), C=C.transpose(1, 2), D=self.D.float(), z=z,
                       delta_bias=self.dt_proj.bias.float())
-        return inputs, window[..., window.shape[-1] - (self.d_conv - 1):]
+        return inputs, window
 
     def forward(self, hidden, initial_state=None, return_last_state=False, inference_params=None):
         """hidden: (batch, len, d_model). Returns (batch, len, d_model), and with return_last_state
@@ -134,7 +144,10 @@ class Mamba(nn.Module):
         if ssm_state is not None:
             check_layer_input("initial_state", ssm_state, ("batch", "d_inner", "d_state"),
                               {"batch": batch, "d_inner": self.d_inner, "d_state": self.d_state})
-        s, last_window = self._ssm_inputs(hidden, conv_state)
+        return self._forward(hidden, ssm_state, conv_state, return_last_state)
+
+    def _forward(self, hidden, ssm_state, conv_state, return_last_state, keep=None):
+        s, last_window = self._ssm_inputs(hidden, conv_state, keep)
         out = ops.selective_scan_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], z=s["z"],
                                     delta_bias=s["delta_bias"], delta_softplus=True, initial_state=ssm_state,
                                     return_last_state=return_last_state)
@@ -149,19 +162,17 @@ class Mamba(nn.Module):
         if self.layer_idx is None:
             raise SpecError("inference_params: this Mamba block has no layer_idx, so it cannot find its cache entry; "
                             "construct it with layer_idx=...")
-        batch, length, _ = hidden.shape
+        batch = hidden.shape[0]
         cache = inference_params.key_value_memory_dict
         if self.layer_idx not in cache:
             cache[self.layer_idx] = self.allocate_inference_cache(inference_params.max_batch_size)
         conv_state, ssm_state = (x[:batch] for x in cache[self.layer_idx])
         if inference_params.seqlen_offset > 0:
             return self.step(hidden, conv_state, ssm_state)[0]
-        out, (last, window) = self.forward(hidden, return_last_state=True)
+        # the prompt whole; the cache keeps the convolution's last d_conv inputs (the step shifts them)
+        out, (last, window) = self._forward(hidden, None, None, True, keep=self.d_conv)
         ssm_state.copy_(last)
-        # the convolution's window after the prompt: its last d_conv inputs
-        x = self.in_proj(hidden).transpose(1, 2)[:, :self.d_inner]
-        x = F.pad(x, (max(0, self.d_conv - length), 0))
-        conv_state.copy_(x[..., x.shape[-1] - self.d_conv:])
+        conv_state.copy_(window)
         return out
 
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None):

@@ -28,6 +28,7 @@ from torch import nn
 from .. import ops
 from ..errors import ShapeError, SpecError
 from ..runtime.calls import check_dt_range, check_int, check_layer_input, check_number
+from .mamba import last_inputs
 
 
 def gated_rms_norm(y, z, weight, groups, eps=1e-5, norm_before_gate=False):
@@ -140,7 +141,7 @@ class Mamba2(nn.Module):
         the prompt runs whole and leaves this layer's states in the cache; after that, each call
         is one token through `step`."""
         check_layer_input("hidden_states", hidden_states, ("batch", "len", "d_model"), {"d_model": self.d_model})
-        batch, length, _ = hidden_states.shape
+        batch = hidden_states.shape[0]
         states = None
         if inference_params is not None:
             states = self._cached_states(inference_params, batch)
@@ -148,8 +149,7 @@ class Mamba2(nn.Module):
                 return self.step(hidden_states, *states)[0]
         z, xBC, dt = self._split(self.in_proj(hidden_states))
         if states is not None:           # the convolution's window after the prompt: its last d_conv inputs
-            window = F.pad(xBC.transpose(1, 2), (max(0, self.d_conv - length), 0))
-            states[0].copy_(window[..., window.shape[-1] - self.d_conv:])
+            states[0].copy_(last_inputs(xBC.transpose(1, 2), None, self.d_conv))
         xBC = ops.causal_conv1d_fn(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
                                    activation="silu").transpose(1, 2)
         x, B, C = self._split_xBC(xBC)
