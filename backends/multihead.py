@@ -45,10 +45,12 @@ def _module_source(lowered) -> str:
         prologue_lines=indent(print_block(lowered.prologue, TorchPrinter()), 4))
 
 
-def render_multihead_package(lowered) -> dict:
+def stage_package(lowered, module_source: str) -> dict:
+    """The files of a package run by stage kernels: its module, the operand tables, the IR, schedule
+    and spec as text, and the kernels of every backend for the schedule's stages."""
     stages = lowered.stages
     tables = {"core": lowered.core.to_json(), "stages": operand_tables(stages)}
-    files = {"__init__.py": _module_source(lowered),
+    files = {"__init__.py": module_source,
              "operands.json": json.dumps(tables, indent=1, sort_keys=True) + "\n",
              "ir.txt": lowered.dump() + "\n",
              "schedule.json": json.dumps(lowered.schedule.to_json(), indent=1, sort_keys=True) + "\n",
@@ -57,3 +59,7 @@ def render_multihead_package(lowered) -> dict:
     files.update(render_c_stages(stages))
     files.update(render_triton_stages(stages))
     return files
+
+
+def render_multihead_package(lowered) -> dict:
+    return stage_package(lowered, _module_source(lowered))

@@ -15,7 +15,8 @@ from ..ir.stages import INDEX
 from .render import render
 
 TEMPLATES = {name: f"c/stages/{name}.c.jinja"
-             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan", "ssd_step")}
+             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan", "ssd_step",
+                          "gla_scan", "gla_chunk_state", "gla_state_passing", "gla_chunk_scan")}
 PRELUDE = "c/stages/common.h.jinja"
 
 

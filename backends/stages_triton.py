@@ -14,7 +14,8 @@ from ..errors import CompileError
 from .render import render
 
 TEMPLATES = {name: f"triton/stages/{name}.py.jinja"
-             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan", "ssd_step")}
+             for name in ("ssd_scan", "chunk_state", "state_passing", "chunk_scan", "ssd_step",
+                          "gla_scan", "gla_chunk_state", "gla_state_passing", "gla_chunk_scan")}
 PRELUDE = "triton/stages/prelude.py.jinja"
 
 

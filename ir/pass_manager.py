@@ -52,10 +52,12 @@ def check_schedule(schedule) -> str:
     """The schedule request's name (a package key part), or a ScheduleError naming the option and the
     choices. Checked before any pass runs, so that a misspelt request never falls through to the cost
     model's choice. A PipelineRecord (or its JSON dict) replays one recorded pipeline."""
+    from .mimo import MIMO_PIPELINES, MIMORecord
     from .pipelines import PipelineRecord
     if isinstance(schedule, dict):
-        schedule = PipelineRecord.from_json(schedule)
-    if isinstance(schedule, PipelineRecord):
+        is_mimo = schedule.get("pipeline") in MIMO_PIPELINES
+        schedule = MIMORecord.from_json(schedule) if is_mimo else PipelineRecord.from_json(schedule)
+    if isinstance(schedule, (PipelineRecord, MIMORecord)):
         return schedule.text
     if not (isinstance(schedule, str) and schedule in SCHEDULES):
         raise ScheduleError(f"schedule must be one of {', '.join(repr(s) for s in SCHEDULES)} (auto: the cost "
@@ -71,14 +73,21 @@ def lower(spec: SSM, schedule: str = "auto", record: bool = True) -> Lowered:
     A MultiHead spec lowers to the structured recurrence and its stage pipelines (ir/multihead.py);
     the SISO families still go through the graph passes below (their move is issue 7's remaining part)."""
     check_schedule(schedule)
+    if spec.is_gated:
+        from .gla import lower_gated
+        return lower_gated(spec, schedule)
     if spec.is_multihead:
         from .multihead import lower_multihead
         return lower_multihead(spec, schedule)
+    if spec.is_mimo:
+        from .mimo import lower_mimo
+        return lower_mimo(spec, schedule)
     if schedule == "sequential":
         schedule = "scan"
-    if not isinstance(schedule, str) or schedule == "chunked":
+    if not isinstance(schedule, str) or schedule in ("chunked", "associative", "fused"):
         raise ScheduleError(f"{schedule if isinstance(schedule, str) else 'a pipeline record'}: the chunked pipeline "
-                            f"needs a multi-head recurrence (heads=ssmc.MultiHead(...), A=ssmc.Scalar()); this spec is "
+                            f"needs a multi-head recurrence (heads=ssmc.MultiHead(...), A=ssmc.Scalar()), the associative "
+                            f"and fused ones a MIMO recurrence (heads=ssmc.MIMO()); this spec is "
                             f"SISO: use 'auto', 'scan' or 'conv'")
     ctx = PassContext(request=schedule)
     graph = build_graph(spec)

@@ -85,3 +85,18 @@ def multihead_recurrence(spec) -> Recurrence:
                  ("A", ("heads",) if decay == "per_head" else ("heads", "state")),
                  ("B", ("batch", "len", "groups", "state")), ("C", ("batch", "len", "groups", "state")),
                  ("h", ("batch", "heads", "headdim", "state"))))
+
+
+def mimo_recurrence(spec) -> Recurrence:
+    """The recurrence of a MIMO spec (S5): one diagonal state of `state` entries per batch element,
+    shared by the H channels: input B[state, H]·u[H] (times the discretization's input scale), readout
+    C[H, state]·h (2·Re of it with conjugate symmetry). The decay is per state, and varies over time
+    only with an input-dependent step."""
+    varying = spec.is_selective("dt")
+    readout = "2·Re(C[H, state], h[state]) -> y[H]" if spec.heads.conj_sym else \
+        ("Re(C[H, state], h[state]) -> y[H]" if spec.is_complex else "C[H, state], h[state] -> y[H]")
+    return Recurrence(
+        state=("state",), decay="per_state", over=("batch",),
+        input="B[state, H], u[H] -> h[state]", readout=readout,
+        layouts=(("u", ("batch", "len", "H")), ("dt", ("batch", "len", "state") if varying else ("state",)),
+                 ("A", ("state",)), ("B", ("state", "H")), ("C", ("H", "state")), ("h", ("batch", "state"))))

@@ -12,7 +12,7 @@ from .errors import CompileError, ScheduleError, ShapeError, SpecError, SSMCErro
 
 __version__ = "0.1.0"
 
-_SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "MultiHead", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom")
+_SPEC_NAMES = ("SSM", "Diagonal", "Scalar", "SISO", "MultiHead", "MIMO", "ZOH", "Bilinear", "Euler", "MambaZOH", "Custom", "InputDecay", "Given")
 _SUBMODULES = ("presets", "ops", "nn", "reference", "compiler", "spec", "formula", "cli")
 
 

@@ -135,6 +135,9 @@ def cmd_explain(args) -> int:
         if spec.is_multihead:
             _explain_pipelines(lowered, spec, shape)
             continue
+        if spec.is_mimo:
+            _explain_mimo(lowered, spec, shape)
+            continue
         bound = {"batch": 1, "len": 1024, "dim": 1, "state": spec.d_state}
         bound.update(shape)
         print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
@@ -160,6 +163,24 @@ def _explain_pipelines(lowered, spec, shape: dict) -> None:
         values = {}
         for record in lowered.schedule.candidates:
             values[record] = float(record.cost(target).subs({DIMS[k]: v for k, v in bound.items()}))
+            print(f"  {target}: {record.text:<12} cost = {values[record]:.4g}")
+        winner = min(lowered.schedule.candidates, key=values.get)
+        print(f"  {target}: winner {winner.text} (record {winner.to_json()}; replay with "
+              f"ssmc.compile(spec, schedule=...))")
+    print()
+
+
+def _explain_mimo(lowered, spec, shape: dict) -> None:
+    """Every candidate MIMO (S5) pipeline's cost at one call shape (dim is the layer's H), and the
+    one the generated module would run."""
+    from .ir.mimo import DIMS, TARGETS
+    bound = {"batch": 1, "len": 2048, "H": shape.get("dim", 256), "state": spec.d_state}
+    bound.update({k: v for k, v in shape.items() if k in bound})
+    print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
+    for target in TARGETS:
+        values = {}
+        for record in lowered.schedule.candidates:
+            values[record] = float(lowered.schedule.cost(record, target).subs({DIMS[k]: v for k, v in bound.items()}))
             print(f"  {target}: {record.text:<12} cost = {values[record]:.4g}")
         winner = min(lowered.schedule.candidates, key=values.get)
         print(f"  {target}: winner {winner.text} (record {winner.to_json()}; replay with "

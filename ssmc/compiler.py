@@ -87,9 +87,15 @@ def schedule_text(schedule) -> str:
 def render_files(spec: SSM, schedule: str = "auto") -> dict:
     """{file name: text} of the package of `spec` under `schedule` (nothing written)."""
     lowered = lower(spec, schedule)
+    if spec.is_gated:
+        from .backends.gla import render_gated_package
+        return render_gated_package(lowered)
     if spec.is_multihead:
         from .backends.multihead import render_multihead_package
         return render_multihead_package(lowered)
+    if spec.is_mimo:
+        from .backends.mimo import render_mimo_package
+        return render_mimo_package(lowered)
     return render_package(lowered)
 
 

@@ -11,9 +11,9 @@ import threading
 
 import torch
 
-from .errors import ShapeError
+from .errors import ShapeError, SpecError
 from .runtime.calls import compute_dtype
-from .spec import SSM, Diagonal, MambaZOH, MultiHead, Scalar, discretization_from_name
+from .spec import MIMO, SSM, Diagonal, MambaZOH, MultiHead, Scalar, discretization_from_name
 
 _PACKAGES = {}
 _LOCK = threading.Lock()
@@ -22,11 +22,19 @@ _LOCK = threading.Lock()
 def _spec_of(key: tuple) -> tuple:
     """(spec, schedule) a call signature stands for (the key holds Python constants only). The
     schedule is a compile option beside the spec; a selective spec has only the scan ("auto")."""
+    if key[0] == "gla":
+        from .linear_attention import gated_spec
+        return gated_spec(key)
     if key[0] == "chunk_scan":
         _, n_state, headdim, groups, has_D, has_z, schedule = key
         return SSM(name="chunk_scan", d_state=n_state, A=Scalar(), discretization=MambaZOH(),
                    selective=("dt", "B", "C"), heads=MultiHead(headdim=headdim, groups=groups), skip_D=has_D,
                    gate=has_z, dt_softplus=True, dt_bias=True), schedule
+    if key[0] == "s5":
+        _, n_state, is_complex, discretization, conj_sym, bidirectional, varying, has_D, schedule = key
+        return SSM(name="s5_scan", d_state=n_state, A=Diagonal(real=not is_complex),
+                   discretization=discretization_from_name(discretization), selective=("dt",) if varying else (),
+                   heads=MIMO(conj_sym=conj_sym, bidirectional=bidirectional), skip_D=has_D), schedule
     if key[0] == "selective_scan":
         _, n_state, is_complex, selective, has_D, has_z, softplus, has_bias = key
         return SSM(name="selective_scan", d_state=n_state, A=Diagonal(real=not is_complex),
@@ -257,3 +265,46 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     from a zero state gives `causal_conv1d_fn`'s outputs."""
     silu = _conv1d_silu(activation)
     return _CONV1D[_conv1d_compiled()].update(x, conv_state, weight, bias, silu)
+
+
+# ---- gated linear attention (flash-linear-attention's ops): ssmc/linear_attention.py ---------------------
+from .linear_attention import chunk_gla, chunk_rwkv6, chunk_simple_gla, fused_recurrent_gla  # noqa: E402,F401
+
+
+# ---- S5: the MIMO recurrence -------------------------------------------------------------------------
+
+def s5_key(state, complex_state=True, discretization="zoh", conj_sym=True, bidirectional=False,
+           varying_step=False, has_D=True, schedule="auto") -> tuple:
+    """The signature under which `s5_scan` caches the package of such a call."""
+    return ("s5", state, bool(complex_state), discretization, bool(conj_sym), bool(bidirectional), bool(varying_step),
+            bool(has_D), schedule)
+
+
+def s5_scan(u, Lambda, B, C, D, step, discretization="zoh", conj_sym=True, bidirectional=False, cu_seqlens=None,
+            pipeline=None):
+    """S5's layer recurrence (Smith et al. 2023) in the paper's conventions:
+
+    u (batch, len, H) real; Lambda (P,) complex (real for a real layer with conj_sym=False); B (P, H)
+    and C (H, P) — (2, H, P) when bidirectional — like Lambda; D (H,) or None; step the positive Δ,
+    (P,) per state, or (batch, len, P) per input step.
+        Λ̄ = zoh/bilinear(Δ, Λ),  x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,   y_t = 2·Re(C x_t) + D ⊙ u_t
+    (Re(C x_t) without conj_sym: Lambda then holds every state, not one per conjugate pair).
+    Bidirectional adds a scan backward in time read out by C[1]. cu_seqlens: (num_sequences + 1,) int
+    offsets of a packed batch of 1; the state restarts at each sequence. `pipeline`: "associative"
+    or "fused" (None: the cost model's choice per call). Returns y (batch, len, H) in u's dtype,
+    differentiable in u, Lambda, B, C, D and step.
+    """
+    if not isinstance(Lambda, torch.Tensor) or Lambda.dim() != 1:
+        got = tuple(Lambda.shape) if isinstance(Lambda, torch.Tensor) else type(Lambda).__name__
+        raise ShapeError(f"Lambda: expected a tensor of shape (P,), got {got}")
+    if Lambda.numel() == 0:
+        raise ShapeError("Lambda: expected at least one state (P >= 1), got shape (0,)")
+    if not Lambda.is_complex() and conj_sym:
+        raise ShapeError(f"Lambda: conj_sym=True keeps one member of each conjugate pair, so Lambda must be complex, "
+                         f"got {Lambda.dtype}")
+    if discretization not in ("zoh", "bilinear"):
+        raise SpecError(f"discretization: expected 'zoh' or 'bilinear', got {discretization!r}")
+    varying = isinstance(step, torch.Tensor) and step.dim() == 3
+    key = s5_key(operator.index(Lambda.shape[0]), Lambda.is_complex(), discretization, conj_sym, bidirectional,
+                 varying, D is not None)
+    return _package(key).apply(u, Lambda, B, C, D=D, step=step, cu_seqlens=cu_seqlens, pipeline=pipeline)

@@ -24,8 +24,9 @@ from .errors import SpecError
 # option, never part of the spec; defined here, the leaf that both the IR (ir/schedule.py) and
 # ssmc.nn may import, so that the two lists cannot differ. "auto" leaves the choice to the cost
 # model (per call, where it depends on shape). "sequential" is the fused one-pass scan (for SISO layers
-# the same as its older name "scan"); "chunked" is Mamba-2's state space duality algorithm.
-SCHEDULES = ("auto", "scan", "conv", "sequential", "chunked")
+# the same as its older name "scan"); "chunked" is Mamba-2's state space duality algorithm;
+# "associative" and "fused" are the MIMO (S5) pipelines (ir/mimo.py).
+SCHEDULES = ("auto", "scan", "conv", "sequential", "chunked", "associative", "fused")
 
 SELECTIVE_QUANTITIES = ("dt", "B", "C")
 MAX_NAME_LENGTH = 64        # the name goes into package and cache directory names
@@ -117,7 +118,61 @@ class Scalar:
         return False
 
 
-AStructure = Union[Diagonal, Scalar]
+# names a gated layer's functional form already uses, which its declared inputs cannot take
+RESERVED_INPUT_NAMES = ("q", "k", "v", "u", "scale", "initial_state", "output_final_state", "cu_seqlens",
+                        "chunk_size", "reverse", "D", "z", "dt", "A", "pi", "E", "I")
+
+
+@spec_class
+class InputDecay:
+    """Decays given by the layer's own inputs, per step (GLA, RWKV-6, simple GLA / RetNet): the log of
+    the decay is `log_decay`, a formula in the declared `inputs` (each a tensor the layer is called
+    with), e.g. ``InputDecay(per="state", log_decay="g", inputs=("g",))`` (GLA's gk) or
+    ``InputDecay(log_decay="-exp(w)", inputs=("w",))`` (RWKV-6's w). `per="state"`: one decay per
+    (head, state entry), the input (batch, len, heads, d_state); `per="head"`: one per head (simple
+    GLA), the input (batch, len, heads). There is no dt and no continuous-time A: the spec's
+    discretization is `Given()`. Needs MultiHead heads (state d_state x headdim per head)."""
+
+    per: str = "state"
+    log_decay: object = "g"
+    inputs: tuple = ("g",)
+
+    def __post_init__(self):
+        _require(self.per in ("state", "head"), f"InputDecay.per must be 'state' or 'head', got {self.per!r}")
+        inputs = (self.inputs,) if isinstance(self.inputs, str) else self.inputs
+        _require(isinstance(inputs, (tuple, list)) and len(inputs) > 0,
+                 f"InputDecay.inputs must be a non-empty tuple of input names, got {_shorten(self.inputs)}")
+        for name in inputs:
+            _require(isinstance(name, str) and name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+                     and len(name) <= MAX_NAME_LENGTH,
+                     f"InputDecay.inputs: each name must be an ASCII Python identifier, got {_shorten(name)}")
+            _require(name not in RESERVED_INPUT_NAMES,
+                     f"InputDecay.inputs: {name!r} is taken by the layer's own arguments "
+                     f"({', '.join(RESERVED_INPUT_NAMES)}); choose another name")
+        _require(len(set(inputs)) == len(inputs), f"InputDecay.inputs: a name is listed twice in {tuple(inputs)!r}")
+        object.__setattr__(self, "inputs", tuple(inputs))
+        symbols = {name: sympy.Symbol(name, real=True) for name in inputs}
+        text = self.log_decay if isinstance(self.log_decay, str) else None
+        if isinstance(self.log_decay, str):
+            expr = formula.parse(self.log_decay, "InputDecay.log_decay", symbols)
+        else:
+            _require(isinstance(self.log_decay, sympy.Expr),
+                     f"InputDecay.log_decay must be a formula string or sympy expression, got "
+                     f"{type(self.log_decay).__name__}")
+            extra = {s.name for s in self.log_decay.free_symbols} - set(symbols)
+            _require(not extra, f"InputDecay.log_decay: unknown symbols {sorted(extra)}, expected only the "
+                                f"declared inputs {list(inputs)}")
+            expr = self.log_decay.xreplace({s: symbols[s.name] for s in self.log_decay.free_symbols})
+        _require(bool(expr.free_symbols), f"InputDecay.log_decay: {expr} uses none of the inputs {list(inputs)}")
+        formula.check_printable(expr, "InputDecay.log_decay", allow_complex=False, text=text)
+        object.__setattr__(self, "log_decay", expr)
+
+    @property
+    def is_complex(self) -> bool:
+        return False
+
+
+AStructure = Union[Diagonal, Scalar, InputDecay]
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,8 +255,17 @@ def _parse_formula(value, field_name: str) -> sympy.Expr:
     return value.xreplace({s: allowed[s.name] for s in value.free_symbols})
 
 
-Discretization = Union[ZOH, Bilinear, Euler, MambaZOH, Custom]
-_DISCRETIZATIONS = (ZOH, Bilinear, Euler, MambaZOH, Custom)
+@spec_class
+class Given:
+    """No discretization: the decay is given by the layer's inputs (A=InputDecay) and the input enters
+    unscaled (h_t = decay_t ⊙ h_{t-1} + k_t ⊗ v_t). The default, and the only choice, with InputDecay."""
+
+    def formulas(self):
+        return sympy.exp(sympy.Symbol("log_decay", real=True)), sympy.Integer(1)
+
+
+Discretization = Union[ZOH, Bilinear, Euler, MambaZOH, Custom, Given]
+_DISCRETIZATIONS = (ZOH, Bilinear, Euler, MambaZOH, Custom, Given)
 DISCRETIZATION_NAMES = {"zoh": ZOH, "bilinear": Bilinear, "euler": Euler, "mamba": MambaZOH}
 
 
@@ -236,7 +300,22 @@ class MultiHead:
         _require(_is_positive_int(self.groups), f"MultiHead.groups must be a positive int, got {self.groups!r}")
 
 
-Heads = Union[SISO, MultiHead]
+@spec_class
+class MIMO:
+    """One shared diagonal state per layer with dense projections around it (S5): the input u_t (H,)
+    enters through B (state x H), the output is read out through C (H x state). `conj_sym`: the state
+    holds one member of each conjugate pair and y = 2·Re(C h) (complex A only); `bidirectional`: a
+    second scan runs backward in time, read out by its own C (S5's bidirectional layers)."""
+
+    conj_sym: bool = True
+    bidirectional: bool = False
+
+    def __post_init__(self):
+        for name in ("conj_sym", "bidirectional"):
+            _require(isinstance(getattr(self, name), bool), f"MIMO.{name} must be a bool, got {getattr(self, name)!r}")
+
+
+Heads = Union[SISO, MultiHead, MIMO]
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +332,7 @@ class SSM:
     name: str
     d_state: int
     A: AStructure = field(default_factory=Diagonal)
-    discretization: Discretization = field(default_factory=ZOH)
+    discretization: Discretization = None       # ZOH(), or Given() for A=InputDecay
     selective: tuple = ()
     heads: Heads = field(default_factory=SISO)
     skip_D: bool = True
@@ -261,6 +340,7 @@ class SSM:
     dt_softplus: bool = False
     dt_bias: bool = False
     groups: int = 1
+    bonus: bool = False        # RWKV-6's current-token term (needs A=InputDecay(per="state"))
 
     def __post_init__(self):
         _require(isinstance(self.name, str) and self.name.isascii() and self.name.isidentifier()
@@ -268,13 +348,18 @@ class SSM:
                  f"name must be an ASCII Python identifier of at most {MAX_NAME_LENGTH} characters "
                  f"(it names the generated package and its cache directory), got {_shorten(self.name)}")
         _require(_is_positive_int(self.d_state), f"d_state must be a positive int, got {self.d_state!r}")
-        _require(isinstance(self.A, (Diagonal, Scalar)),
-                 f"A must be ssmc.Diagonal(real=...) or ssmc.Scalar(), got {self.A!r}")
+        _require(isinstance(self.A, (Diagonal, Scalar, InputDecay)),
+                 f"A must be ssmc.Diagonal(real=...), ssmc.Scalar() or ssmc.InputDecay(...), got {self.A!r}")
+        if self.discretization is None:
+            object.__setattr__(self, "discretization", Given() if isinstance(self.A, InputDecay) else ZOH())
         _require(not isinstance(self.A, Scalar) or isinstance(self.heads, MultiHead),
                  f"A=Scalar() (one decay per head, Mamba-2) needs heads=ssmc.MultiHead(headdim=...), "
                  f"got heads={self.heads!r}")
         if isinstance(self.discretization, str):
             object.__setattr__(self, "discretization", discretization_from_name(self.discretization))
+        _require(isinstance(self.discretization, Given) == isinstance(self.A, InputDecay),
+                 f"discretization={self.discretization!r}: A=InputDecay(...) gives the decay directly and takes "
+                 f"discretization=ssmc.Given() (the default), and Given() needs A=InputDecay(...); got A={self.A!r}")
         _require(isinstance(self.discretization, _DISCRETIZATIONS),
                  f"discretization must be one of ZOH(), Bilinear(), Euler(), MambaZOH(), Custom(...), "
                  f"got {self.discretization!r}")
@@ -290,12 +375,18 @@ class SSM:
                  f"selective={tuple(self.selective)!r}: a quantity is listed twice")
         # canonical order, so that equal layers hash equally
         object.__setattr__(self, "selective", tuple(q for q in SELECTIVE_QUANTITIES if q in self.selective))
-        _require(isinstance(self.heads, (SISO, MultiHead)),
-                 f"heads must be ssmc.SISO() or ssmc.MultiHead(headdim=..., groups=...), got {self.heads!r}")
-        if isinstance(self.heads, MultiHead):
+        _require(isinstance(self.heads, (SISO, MultiHead, MIMO)),
+                 f"heads must be ssmc.SISO(), ssmc.MultiHead(headdim=..., groups=...) or ssmc.MIMO(conj_sym=..., "
+                 f"bidirectional=...), got {self.heads!r}")
+        if isinstance(self.A, InputDecay):
+            self._check_gated()
+        elif isinstance(self.heads, MultiHead):
             self._check_multihead()
-        for flag in ("skip_D", "gate", "dt_softplus", "dt_bias"):
+        if isinstance(self.heads, MIMO):
+            self._check_mimo()
+        for flag in ("skip_D", "gate", "dt_softplus", "dt_bias", "bonus"):
             _require(isinstance(getattr(self, flag), bool), f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        _require(not self.bonus or self.is_gated, "bonus=True (RWKV-6's current-token term) needs A=ssmc.InputDecay(...)")
         _require(_is_positive_int(self.groups), f"groups must be a positive int, got {self.groups!r}")
         _require(self.groups == 1 or ("B" in self.selective or "C" in self.selective),
                  f"groups={self.groups} only applies to input-dependent B or C; expected groups=1 for this spec")
@@ -317,6 +408,38 @@ class SSM:
                  f"log-decays (the chunked schedule's masks are their differences), so its decay must be exp(...) "
                  f"(ZOH(), MambaZOH() or Custom(decay='exp(...)')), got decay {decay}")
 
+    def _check_mimo(self):
+        _require(isinstance(self.A, Diagonal), f"MIMO heads (S5) need a diagonal A (ssmc.Diagonal(real=...)), "
+                                               f"got A={self.A!r}")
+        _require(not self.heads.conj_sym or self.is_complex,
+                 "MIMO(conj_sym=True) keeps one member of each conjugate pair, so A must be complex "
+                 "(ssmc.Diagonal(real=False)); use MIMO(conj_sym=False) with a real A")
+        for quantity in ("B", "C"):
+            _require(quantity not in self.selective,
+                     f"selective={self.selective!r}: MIMO heads (S5) take fixed projections B (state x H) and C "
+                     f"(H x state); an input-dependent {quantity} is not supported (expected selective=() or ('dt',))")
+        for flag in ("gate",):
+            _require(not getattr(self, flag), f"{flag}=True: MIMO heads (S5) have no output gate; expected {flag}=False")
+        _require(self.groups == 1, f"groups={self.groups}: MIMO heads have no groups; expected groups=1")
+
+    def _check_gated(self):
+        _require(isinstance(self.heads, MultiHead),
+                 f"A=InputDecay(...) (GLA-style decays) needs heads=ssmc.MultiHead(headdim=...), got heads={self.heads!r}")
+        _require(self.heads.groups == 1, f"A=InputDecay(...): queries and keys are per head, expected "
+                                         f"MultiHead(groups=1), got groups={self.heads.groups}")
+        _require(self.selective == ("B", "C"),
+                 f"A=InputDecay(...): keys (B) and queries (C) come from the input and there is no dt, so "
+                 f"selective=('B', 'C'), got selective={self.selective!r}")
+        _require(not (self.dt_softplus or self.dt_bias),
+                 "A=InputDecay(...) has no dt: expected dt_softplus=False and dt_bias=False")
+        _require(not self.bonus or self.A.per == "state",
+                 "bonus=True (RWKV-6's current-token term u ⊙ k_t) needs A=InputDecay(per='state')")
+
+    @property
+    def is_gated(self) -> bool:
+        """Decays given by the layer's inputs (GLA / RWKV-6 / simple GLA): ir/gla.py lowers it."""
+        return isinstance(self.A, InputDecay)
+
     @property
     def log_decay(self) -> sympy.Expr:
         """log(A_bar) of an exp-form decay (MultiHead specs), in dt and A."""
@@ -325,6 +448,10 @@ class SSM:
     @property
     def is_multihead(self) -> bool:
         return isinstance(self.heads, MultiHead)
+
+    @property
+    def is_mimo(self) -> bool:
+        return isinstance(self.heads, MIMO)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -350,11 +477,19 @@ class SSM:
             "discretization": {"kind": type(self.discretization).__name__,
                                "decay": sympy.srepr(decay), "input_scale": sympy.srepr(scale)},
             "selective": list(self.selective),
-            "heads": (type(self.heads).__name__ if not self.is_multihead else
-                      {"kind": "MultiHead", "headdim": self.heads.headdim, "groups": self.heads.groups}),
+            "heads": (type(self.heads).__name__ if isinstance(self.heads, SISO) else
+                      {"kind": "MultiHead", "headdim": self.heads.headdim, "groups": self.heads.groups}
+                      if self.is_multihead else
+                      {"kind": "MIMO", "conj_sym": self.heads.conj_sym, "bidirectional": self.heads.bidirectional}),
             "skip_D": self.skip_D, "gate": self.gate, "dt_softplus": self.dt_softplus,
             "dt_bias": self.dt_bias, "groups": self.groups,
-        }
+        } | (self._gated_json() if self.is_gated else {})
+
+    def _gated_json(self) -> dict:
+        """What only gated specs have (so that every other spec keeps its content hash)."""
+        return {"A": {"structure": "InputDecay", "complex": False, "per": self.A.per,
+                      "log_decay": sympy.srepr(self.A.log_decay), "inputs": list(self.A.inputs)},
+                "bonus": self.bonus}
 
     def content_hash(self) -> str:
         text = json.dumps(self.to_json(), sort_keys=True)

@@ -75,7 +75,8 @@ def test_conv_on_a_selective_spec_names_the_precondition():
 
 @pytest.mark.parametrize("schedule", ["fast", "Conv", None, 1])
 def test_an_unknown_schedule_is_refused_with_the_choices(schedule):
-    message = re.escape(f"schedule must be one of 'auto', 'scan', 'conv', 'sequential', 'chunked' (auto: the cost model chooses per "
+    message = re.escape(f"schedule must be one of 'auto', 'scan', 'conv', 'sequential', 'chunked', 'associative', 'fused' "
+                        f"(auto: the cost model chooses per "
                         f"call), got {schedule!r}")
     spec = ssmc.presets.s4d(8, name="s4d_unknown")
     with pytest.raises(ssmc.ScheduleError, match=message):
