@@ -106,7 +106,7 @@ def test_mamba_input_errors_use_batch_len_d_model():
     (dict(d_model=4, init="bogus"), r"init: expected one of 'lin', 'inv', got 'bogus'"),
     (dict(d_model=4, dt_min=0.2, dt_max=0.1), r"dt_min, dt_max: expected dt_min <= dt_max"),
     (dict(d_model=4, dropout=1.5), r"dropout: expected a probability in \[0, 1\), got 1.5"),
-    (dict(d_model=4, schedule="fast"), r"schedule: expected one of 'auto', 'scan', 'conv', 'sequential', 'chunked', got 'fast'"),
+    (dict(d_model=4, schedule="fast"), r"schedule: expected one of 'auto', 'scan', 'conv', 'sequential', 'chunked', 'associative', 'fused', got 'fast'"),
 ])
 def test_s4d_constructor_errors(kwargs, message):
     error = ssmc.ScheduleError if "schedule" in kwargs else ssmc.SpecError      # as ssmc.compile raises

@@ -162,3 +162,79 @@ def test_mamba2_layer_trains(example, backend):
     losses = result["losses"]
     assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
+
+
+# ---- examples/train_s5.py: S5 on sequential pixel classification ---------------------------------
+
+S5_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_s5.py"
+
+
+@pytest.fixture(scope="module")
+def s5_example():
+    spec = importlib.util.spec_from_file_location("train_s5", S5_EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_s5_shapes_batch_invariants(s5_example):
+    gen = torch.Generator().manual_seed(0)
+    pixels, labels = s5_example.shapes_batch(400, 16, noise=0.0, generator=gen)
+    assert pixels.shape == (400, 256, 1) and pixels.dtype == torch.float32
+    assert labels.shape == (400,) and labels.dtype == torch.long
+    assert set(labels.tolist()) == set(range(s5_example.N_CLASSES))     # every class is drawn
+    images = pixels[..., 0].reshape(400, 16, 16)
+    strokes = (images >= 0.59) & (images != 0.8)                        # intensity >= 0.6; stray dots are 0.8
+    assert (strokes.flatten(1).sum(1) > 0).all()
+    # a horizontal bar's stroke lies in 1-2 rows, a vertical bar's in 1-2 columns
+    for cls, axis in ((0, 2), (1, 1)):
+        rows = strokes[labels == cls].any(dim=axis).sum(1)
+        assert ((rows >= 1) & (rows <= 2)).all()
+    # the same images, permuted: the pixels move and are the same multiset
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(1))
+    again, labels2 = s5_example.shapes_batch(400, 16, noise=0.0, generator=torch.Generator().manual_seed(0),
+                                             permutation=perm)
+    assert torch.equal(labels2, labels) and torch.equal(again, pixels[:, perm])
+    with pytest.raises(ValueError):
+        s5_example.shapes_batch(2, 4)
+
+
+def test_s5_model_and_optimizer_groups(s5_example, backend):
+    backend("c")
+    torch.manual_seed(0)
+    model = s5_example.S5Classifier(1, d_model=16, d_state=8, n_layers=2)
+    pixels, labels = s5_example.shapes_batch(3, 8)
+    assert model(pixels).shape == (3, s5_example.N_CLASSES)
+    opt = s5_example.optimizer_for(model, lr=1e-2, ssm_lr=2.5e-3, weight_decay=0.05)
+    groups = {g["name"]: g for g in opt.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    ssm = {names[id(p)].rsplit(".", 1)[-1] for p in groups["ssm"]["params"]}
+    assert ssm == {"Lambda_log_re", "Lambda_im", "log_step", "B"}
+    assert groups["ssm"]["lr"] == 2.5e-3 and groups["ssm"]["weight_decay"] == 0.0
+    decayed = {names[id(p)] for p in groups["decay"]["params"]}
+    assert "blocks.0.s5.C" in decayed and "encoder.weight" in decayed and groups["decay"]["weight_decay"] == 0.05
+    assert not any("norm" in names[id(p)] for p in groups["decay"]["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_s5_training_quick_mode_learns(s5_example, backend):
+    """--quick (seconds): the loss falls and the held-out accuracy is far above chance (10%), through
+    the S5 layers' derived backward (C kernels). The bounds separate S5 from the same model without
+    mixing over time (the S5 layers replaced by a per-step Linear: loss 2.4 -> 2.0, accuracy ~20%
+    at these settings); with S5 it reaches 2.4 -> 1.0 and ~70% (seed 0)."""
+    backend("c")
+    args = ["--quick", "--no-progress", "--seed", "0", "--device", "cpu"]
+    assert s5_example.parse_args(args).quick
+    result = s5_example.main(args)
+    losses = result["losses"]
+    assert len(losses) == s5_example.QUICK["steps"] and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.8
+    assert result["accuracy"] > 0.4
+
+
+def test_s5_cli_flags_parse(s5_example):
+    args = s5_example.parse_args(["--steps", "7", "--image", "16", "--permute", "--seed", "3", "--layers", "2",
+                                  "--d-state", "32", "--device", "cpu", "--threads", "1"])
+    assert (args.steps, args.image, args.permute, args.seed, args.layers, args.d_state, args.device, args.threads) \
+        == (7, 16, True, 3, 2, 32, "cpu", 1)
+    assert not s5_example.parse_args([]).quick

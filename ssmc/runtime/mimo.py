@@ -203,9 +203,8 @@ def check_call(u, Lambda, B, C, D, step, cu_seqlens, state: int, is_complex: boo
         raise ShapeError(f"step: expected a positive tensor (P,) or (batch, len, P), got {type(step).__name__}")
     allowed = {(state,)} | ({(batch, length, state)} if varying_step else set())
     if tuple(step.shape) not in allowed:
-        expected = " or ".join(str(s) for s in sorted(allowed, key=len))
-        raise ShapeError(f"step: expected shape (P,) = ({state},)"
-                         f"{' or (batch, len, P)' if varying_step else ''} = {expected}, got {tuple(step.shape)}")
+        varying = f" or (batch, len, P) = {(batch, length, state)}" if varying_step else ""
+        raise ShapeError(f"step: expected shape (P,) = ({state},){varying}, got {tuple(step.shape)}")
     _check("step", step, step.shape, "(P,) or (batch, len, P)", complex_=False)
     if not torch.compiler.is_compiling() and step.numel() and not bool((step.detach() > 0).all()):
         raise ShapeError("step: every Δ must be positive (> 0)")
