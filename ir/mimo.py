@@ -18,8 +18,11 @@ H·P·c to read out, per direction (bidirectional layers read out twice; the ass
 projects once for both), and P·c·2 for the scan. The associative pipeline also stores and reloads
 the projected inputs and the states: 4·P·c numbers per step and direction.
 - c: the matrix products run in torch's BLAS (1 per multiply-add), the fused stage's in the
-  generated C (~5: plain vector loops; measured on the 2-core EPYC at (8, 4096, 256, 256)), so on
-  the CPU the associative pipeline wins unless the state is small.
+  generated C (5: plain vector loops, an estimate). With these constants the associative pipeline
+  wins at every shape on the CPU (the fused one's 20·H·P against 4·H·P + 32·P); measured on the 2-core
+  EPYC (benchmarks/bench_s5_cpu.py, RESULTS.md) the fused pipeline was slower at every shape timed
+  (248 against 221 ms forward at (8, 4096, 256, 256)): it is kept for the GPU, where it saves the
+  state sequence's memory traffic.
 - torch: as c, and the fused stage is a Python loop over time tiles (a latency per tile).
 - triton: not measured (no GPU lent): both use tensor cores for the products; the associative
   pipeline's state traffic through HBM is what the fused one saves.
