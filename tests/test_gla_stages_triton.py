@@ -18,6 +18,7 @@ from conftest import rel_error
 from ssmc.backends.stages_torch import render_torch_stages
 from ssmc.backends.stages_triton import render_triton_stages
 from ssmc.ir.gla_stages import GLA_STAGES
+from gla_stage_inputs import DECAYS, case_inputs, chunked_decays, gla_inputs, run, run_chunked
 from stage_harness import stage_library
 
 STAGES = list(GLA_STAGES.values())
@@ -31,7 +32,6 @@ CASES = {
     "blocks-L50-p70-n70-c48": dict(batch=1, heads=1, length=50, headdim=70, state=70, chunk=48),
 }
 DTYPES = {"f64": (torch.float64, 1e-10), "f32": (torch.float32, 1e-5)}
-DECAYS = {"state": ("g_state",), "headdim": ("g_headdim",), "both": ("g_state", "g_headdim"), "none": ()}
 
 
 @pytest.fixture(scope="module")
@@ -50,53 +50,9 @@ def dtype(request):
     return DTYPES[request.param]
 
 
-def gla_inputs(batch=2, length=37, heads=2, headdim=3, state=5, decays=("g_state",), h0=True,
-               strength=1.0, dtype=torch.float64, seed=0):
-    """Operands of gla_scan; each log-decay uniform in [−strength, 0]."""
-    gen = torch.Generator().manual_seed(seed)
-    randn = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    log_decay = lambda *s: -strength * torch.rand(*s, generator=gen, dtype=dtype)  # noqa: E731
-    return dict(u=randn(batch, length, heads, headdim),
-                g_state=log_decay(batch, length, heads, state) if "g_state" in decays else None,
-                g_headdim=log_decay(batch, length, heads, headdim) if "g_headdim" in decays else None,
-                B=randn(batch, length, heads, state), C=randn(batch, length, heads, state),
-                h0=randn(batch, heads, headdim, state) if h0 else None)
-
-
-def chunked_decays(g_state, chunk):
-    """(cum, carry) of the chunked stages: cum the inclusive cumsum of g_state inside each chunk,
-    padded with log-decays 0 past len; carry = exp(cum at each chunk's last step)."""
-    batch, length, heads, state = g_state.shape
-    chunks = -(-length // chunk)
-    padded = torch.cat([g_state, g_state.new_zeros(batch, chunks * chunk - length, heads, state)], dim=1)
-    cum = padded.reshape(batch, chunks, chunk, heads, state).cumsum(2)
-    return cum, torch.exp(cum[:, :, -1])
-
-
-def run(library, backend, which, name, **operands):
-    backend(which)
-    return library.run(name, **operands)
-
-
 def both(library, backend, name, **operands):
     """(Triton outputs, torch outputs) of stage `name` on the same operands."""
     return run(library, backend, "triton", name, **operands), run(library, backend, "torch", name, **operands)
-
-
-def run_chunked(library, backend, which, ops, chunk):
-    """(y, final) of gla_chunk_state -> gla_state_passing -> gla_chunk_scan on gla_scan's operands
-    (g_state only)."""
-    cum, carry = chunked_decays(ops["g_state"], chunk)
-    states, = run(library, backend, which, "gla_chunk_state", u=ops["u"], cum=cum, B=ops["B"])
-    entering, final = run(library, backend, which, "gla_state_passing", states=states, carry=carry, h0=ops["h0"])
-    y, = run(library, backend, which, "gla_chunk_scan", u=ops["u"], cum=cum, B=ops["B"], C=ops["C"],
-             entering=entering)
-    return y, final
-
-
-def _case_inputs(case, **kwargs):
-    chunk = case.pop("chunk")
-    return gla_inputs(**case, **kwargs), chunk
 
 
 @pytest.mark.parametrize("decays", list(DECAYS), ids=list(DECAYS))
@@ -104,7 +60,7 @@ def _case_inputs(case, **kwargs):
 def test_gla_scan(library, backend, dtype, decays, h0):
     dtype, tol = dtype
     for case in ("L37-p3-n5-c16", "L1-p5-n16-c16"):
-        ops, _ = _case_inputs(dict(CASES[case]), decays=DECAYS[decays], h0=h0, dtype=dtype, seed=1)
+        ops, _ = case_inputs(dict(CASES[case]), decays=DECAYS[decays], h0=h0, dtype=dtype, seed=1)
         (y, final), (y_ref, final_ref) = both(library, backend, "gla_scan", **ops)
         assert y.dtype == final.dtype == dtype
         assert rel_error(y, y_ref) < tol
@@ -114,7 +70,7 @@ def test_gla_scan(library, backend, dtype, decays, h0):
 def test_gla_scan_sizes(library, backend, case, dtype):
     """gla_scan at every case's sizes, both decays (several headdim blocks at "blocks")."""
     dtype, tol = dtype
-    ops, _ = _case_inputs(case, decays=DECAYS["both"], dtype=dtype, seed=2)
+    ops, _ = case_inputs(case, decays=DECAYS["both"], dtype=dtype, seed=2)
     (y, final), (y_ref, final_ref) = both(library, backend, "gla_scan", **ops)
     assert rel_error(y, y_ref) < tol
     assert rel_error(final, final_ref) < tol
@@ -122,7 +78,7 @@ def test_gla_scan_sizes(library, backend, case, dtype):
 
 def test_gla_chunk_state(library, backend, case, dtype):
     dtype, tol = dtype
-    ops, chunk = _case_inputs(case, dtype=dtype, seed=3)
+    ops, chunk = case_inputs(case, dtype=dtype, seed=3)
     cum, _ = chunked_decays(ops["g_state"], chunk)
     (states,), (states_ref,) = both(library, backend, "gla_chunk_state", u=ops["u"], cum=cum, B=ops["B"])
     assert rel_error(states, states_ref) < tol
@@ -131,7 +87,7 @@ def test_gla_chunk_state(library, backend, case, dtype):
 @pytest.mark.parametrize("h0", [True, False], ids=["h0", "no_h0"])
 def test_gla_state_passing(library, backend, case, dtype, h0):
     dtype, tol = dtype
-    ops, chunk = _case_inputs(case, h0=h0, dtype=dtype, seed=4)
+    ops, chunk = case_inputs(case, h0=h0, dtype=dtype, seed=4)
     _, carry = chunked_decays(ops["g_state"], chunk)
     batch, chunks, heads, state = carry.shape
     states = torch.randn(batch, chunks, heads, ops["u"].shape[3], state, dtype=dtype)
@@ -143,7 +99,7 @@ def test_gla_state_passing(library, backend, case, dtype, h0):
 
 def test_gla_chunk_scan(library, backend, case, dtype):
     dtype, tol = dtype
-    ops, chunk = _case_inputs(case, dtype=dtype, seed=5)
+    ops, chunk = case_inputs(case, dtype=dtype, seed=5)
     cum, _ = chunked_decays(ops["g_state"], chunk)
     batch, chunks, _, heads, state = cum.shape
     entering = torch.randn(batch, chunks, heads, ops["u"].shape[3], state, dtype=dtype)
@@ -156,7 +112,7 @@ def test_gla_chunk_scan(library, backend, case, dtype):
 def test_chunked_pipeline_is_gla_scan(library, backend, case, dtype, h0):
     """The three chunked Triton stages compute what the sequential Triton gla_scan computes."""
     dtype, tol = dtype
-    ops, chunk = _case_inputs(case, h0=h0, dtype=dtype, seed=6)
+    ops, chunk = case_inputs(case, h0=h0, dtype=dtype, seed=6)
     y, final = run_chunked(library, backend, "triton", ops, chunk)
     y_ref, final_ref = run(library, backend, "triton", "gla_scan", **ops)
     assert rel_error(y, y_ref) < tol
