@@ -40,11 +40,13 @@ from ..spec import A_SYM, DT
 from .dims import symbols
 from .functions import use_expm1
 from .mimo_stages import MIMO_FUSED, MIMO_SCAN
+from .pipelines import TARGETS, schedule_text
 from .recurrence import Recurrence, mimo_recurrence
+from .stages import stage_lines
 
 MIMO_PIPELINES = ("associative", "fused")
 DIMS = symbols("batch", "len", "H", "state")
-TARGETS = ("c", "torch", "triton")
+
 FUSED_TILE = 64             # time steps per tile of the fused stage (torch and C; Triton's is its block)
 # target -> (matrix-product multiply-add in torch, in the fused stage, scan step per state number,
 #            state number stored and reloaded, latency per time tile of the fused stage)
@@ -135,13 +137,7 @@ class MIMOSchedule:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def dump(self) -> str:
-        lines = [f"schedule {self.content_hash()}  (request {self.request}: "
-                 f"{'fixed' if self.fixed else 'the cheapest candidate per call shape'})"]
-        for record in self.candidates:
-            lines.append(f"  {record.text}: stages {' -> '.join(s.name for s in record.stages)}")
-            for target in TARGETS:
-                lines.append(f"      cost[{target}] = {self.cost(record, target)}")
-        return "\n".join(lines)
+        return schedule_text(self, lambda record, target: self.cost(record, target))
 
 
 def plan(recurrence: Recurrence, request, complex_state: bool, directions: int) -> MIMOSchedule:
@@ -186,12 +182,7 @@ class LoweredMIMO:
                  "\n== prologue (per state, and per step with an input-dependent step; torch, complex) =="]
         lines += [f"  {target} = {expr}" for target, expr in self.prologue]
         lines.append("\n== stages ==")
-        for stage in self.stages:
-            lines.append(f"  {stage.name}: {stage.doc}")
-            for direction, operands in (("in ", stage.inputs), ("out", stage.outputs)):
-                for o in operands:
-                    lines.append(f"      {direction} {o.name:<8}({', '.join(o.dims)}) {o.dtype}"
-                                 f"{' optional' if o.optional else ''}")
+        lines += stage_lines(self.stages, width=8)
         lines.append("\n== schedule ==\n" + self.schedule.dump())
         return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from ..spec import A_SYM, DT
 from .functions import use_expm1
 from .pipelines import MultiHeadSchedule, plan
 from .recurrence import Recurrence, multihead_recurrence
-from .stages import SSD_SCAN, SSD_STEP
+from .stages import SSD_SCAN, SSD_STEP, stage_lines
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,7 @@ class LoweredMultiHead:
                  "\n== prologue (per batch, step, head; torch, differentiated by autograd) =="]
         lines += [f"  {target} = {expr}" for target, expr in self.prologue]
         lines.append("\n== stages ==")
-        for stage in self.stages:
-            lines.append(f"  {stage.name}: {stage.doc}")
-            for direction, operands in (("in ", stage.inputs), ("out", stage.outputs)):
-                for o in operands:
-                    lines.append(f"      {direction} {o.name:<13}({', '.join(o.dims)}) {o.dtype}"
-                                 f"{' optional' if o.optional else ''}")
+        lines += stage_lines(self.stages)
         lines.append("\n== schedule ==\n" + self.schedule.dump())
         return "\n".join(lines)
 

@@ -125,13 +125,19 @@ class MultiHeadSchedule:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def dump(self) -> str:
-        lines = [f"schedule {self.content_hash()}  (request {self.request}: "
-                 f"{'fixed' if self.fixed else 'the cheapest candidate per call shape'})"]
-        for record in self.candidates:
-            lines.append(f"  {record.text}: stages {' -> '.join(s.name for s in record.stages)}")
-            for target in TARGETS:
-                lines.append(f"      cost[{target}] = {record.cost(target)}")
-        return "\n".join(lines)
+        return schedule_text(self, lambda record, target: record.cost(target))
+
+
+def schedule_text(schedule, cost) -> str:
+    """A schedule's candidates, their stages and cost formulas per target (`cost(record, target)`),
+    as ir.txt and `ssmc explain` print them."""
+    lines = [f"schedule {schedule.content_hash()}  (request {schedule.request}: "
+             f"{'fixed' if schedule.fixed else 'the cheapest candidate per call shape'})"]
+    for record in schedule.candidates:
+        lines.append(f"  {record.text}: stages {' -> '.join(s.name for s in record.stages)}")
+        for target in TARGETS:
+            lines.append(f"      cost[{target}] = {cost(record, target)}")
+    return "\n".join(lines)
 
 
 def plan(recurrence, request) -> MultiHeadSchedule:

@@ -141,6 +141,18 @@ SSD_STEP = Stage(
 MULTIHEAD_STAGES = {stage.name: stage for stage in (SSD_SCAN, CHUNK_STATE, STATE_PASSING, CHUNK_SCAN, SSD_STEP)}
 
 
+def stage_lines(stages, width: int = 13) -> list:
+    """The stages and their operand tables as `ssmc explain` and ir.txt print them."""
+    lines = []
+    for stage in stages:
+        lines.append(f"  {stage.name}: {stage.doc}")
+        for direction, operands in (("in ", stage.inputs), ("out", stage.outputs)):
+            for o in operands:
+                lines.append(f"      {direction} {o.name:<{width}}({', '.join(o.dims)}) {o.dtype}"
+                             f"{' optional' if o.optional else ''}")
+    return lines
+
+
 def operand_tables(stages) -> dict:
     """{stage name: table}: what the package's operands.json holds."""
     return {stage.name: stage.to_json() for stage in stages}
