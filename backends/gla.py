@@ -14,7 +14,8 @@ def _module_source(lowered) -> str:
     return render(
         "package/gated.py.jinja", header=_header(lowered), name=spec.name, spec_hash=spec.content_hash(),
         key_dim=spec.d_state, value_dim=spec.heads.headdim, per_state=lowered.per_state, bonus=spec.bonus,
-        has_D=spec.skip_D, has_z=spec.gate, inputs=list(spec.A.inputs), log_decay_text=str(spec.A.log_decay),
+        has_D=spec.skip_D, has_z=spec.gate, inputs=list(spec.A.inputs),
+        identity_input=spec.A.log_decay.is_Symbol, log_decay_text=str(spec.A.log_decay),
         log_decay_lines=indent(print_block(lowered.prologue, TorchPrinter()), 4),
         schedule_request=lowered.schedule.request,
         schedule_summary=[f"{r.text}: {' -> '.join(s.name for s in r.stages)}" for r in records],

@@ -207,6 +207,10 @@ def main(argv=None) -> int:
     p.add_argument("--schedule", choices=SCHEDULES, default="auto", help=SCHEDULE_HELP)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     p.set_defaults(run=cmd_explain)
+    from .cli_bench import add_parser as add_bench_parser
+    add_bench_parser(sub, "show the traceback of an error")
+    from .cli_tune import add_parser as add_tune_parser
+    add_tune_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -436,6 +436,16 @@ class SSM:
                  "bonus=True (RWKV-6's current-token term u ⊙ k_t) needs A=InputDecay(per='state')")
 
     @property
+    def family(self) -> str:
+        """Which lowering the spec takes: "gated" (ir/gla.py), "multihead" (ir/multihead.py), "mimo"
+        (ir/mimo.py) or "siso" (the graph passes)."""
+        if self.is_gated:
+            return "gated"
+        if self.is_multihead:
+            return "multihead"
+        return "mimo" if self.is_mimo else "siso"
+
+    @property
     def is_gated(self) -> bool:
         """Decays given by the layer's inputs (GLA / RWKV-6 / simple GLA): ir/gla.py lowers it."""
         return isinstance(self.A, InputDecay)

@@ -331,3 +331,35 @@ def test_explain_shows_the_candidates(tmp_path, capsys):
     assert main(["explain", str(path), "--shape", "len=4096"]) == 0
     out = capsys.readouterr().out
     assert "gla_scan" in out and "sequential" in out and "chunked" in out and "winner" in out
+
+
+@pytest.mark.parametrize("preset", ["gla", "rwkv6", "simple_gla"])
+def test_layer_equals_the_reference_and_resumes_from_its_state(backend, preset):
+    """ssmc.compile(spec) gives a Layer whose output is the reference recurrence on its projections,
+    and 20 + 10 steps from the returned state equal 30 steps."""
+    backend("c")
+    spec = getattr(ssmc.presets, preset)(8, 4, name=f"{preset}_layer")
+    layer = ssmc.compile(spec)(12).double()
+    x = torch.randn(2, 30, 12, dtype=torch.float64)
+    y, final = layer(x, output_final_state=True)
+    with torch.no_grad():
+        split = lambda t, width: t.reshape(2, 30, 3, width)  # noqa: E731
+        q, k, v = split(layer.q_proj(x), 8), split(layer.k_proj(x), 8), split(layer.v_proj(x), 4)
+        raw = next(iter(layer.decay_proj.values()))(x)
+        if preset == "gla":
+            gk = split(torch.nn.functional.logsigmoid(raw) / 16, 8)
+        elif preset == "rwkv6":
+            gk = -torch.exp(split(raw, 8))
+        else:
+            gk = (torch.nn.functional.logsigmoid(raw) / 16)[..., None].expand(2, 30, 3, 8)
+        o, ref_final = gla_ref(q, k, v, gk=gk, bonus=layer.u if preset == "rwkv6" else None)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + layer.eps) * layer.norm_weight
+        ref = layer.o_proj(o.reshape(2, 30, 12) * torch.nn.functional.silu(layer.gate_proj(x)))
+    assert rel_error(y, ref) < 1e-10 and rel_error(final, ref_final) < 1e-10
+    y1, state = layer(x[:, :20], output_final_state=True)
+    y2, _ = layer(x[:, 20:], initial_state=state)
+    assert rel_error(torch.cat([y1, y2], 1), y) < 1e-12
+    y.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    with pytest.raises(ShapeError, match="hidden"):
+        layer(x[..., :5])

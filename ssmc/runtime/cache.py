@@ -3,6 +3,7 @@
     <root>/packages/<spec name>_<spec hash>_<schedule>_<compiler hash>[.1 ... .8]/   generated packages
                                                                          (compiler.py)
     <root>/c/<name>-<key>.json, <name>-<key>-<sha256>.so   C libraries and their manifests (cbuild.py)
+    <root>/tuning/<device>-<triton>-<package key>.json      measured winners (tuning.py, `ssmc tune`)
 
 `<root>` is `$SSMC_CACHE_DIR`, else `$XDG_CACHE_HOME/ssmc`, else `~/.cache/ssmc`; `~` is expanded and
 a relative path is made absolute the first time it is used, so a later `os.chdir` changes nothing.
@@ -49,7 +50,7 @@ from ..errors import SSMCError
 
 TEMP_PREFIX = ".ssmc-tmp-"
 ORPHAN_AGE_S = 600
-KINDS = ("packages", "c")
+KINDS = ("packages", "c", "tuning")
 # temporary files of ssmc versions before TEMP_PREFIX, exactly as they were named (mkstemp in <root>/c
 # for load_library("kernels_c.c")): regular files only, never directories
 _LEGACY_TEMP = re.compile(r"^\.kernels_c-[a-z0-9_]{8}\.(so|c)$")
@@ -289,7 +290,7 @@ def root() -> Path:
 
 
 def directory(kind: str) -> Path:
-    """`<root>/<kind>` (kind: packages or c), created, checked, writable; or its stand-in in the
+    """`<root>/<kind>` (kind: packages, c or tuning), created, checked, writable; or its stand-in in the
     temporary cache."""
     if kind not in KINDS:
         raise ValueError(f"cache kind must be one of {KINDS}, got {kind!r}")

@@ -169,6 +169,8 @@ class StageLibrary:
         self._modules = {}
         self._c_functions = {}
         self._lock = threading.Lock()
+        # the C stages' thread count when tuned (ssmc/runtime/tuning.py), else None: the default rule
+        self.c_threads = None
 
     def run(self, name: str, params: dict | None = None, **operands) -> list:
         """Outputs of stage `name` on `operands` (tensors by table name), on the backend of their device."""
@@ -215,6 +217,8 @@ class StageLibrary:
     def _run_c(self, table, operands, outputs, sizes, params, dtype):
         work = max(x.numel() for x in outputs)
         threads = 1 if work < SERIAL_WORK else torch.get_num_threads()
+        if self.c_threads is not None:
+            threads = self.c_threads
         status = self._c_function(table, dtype)(*table.c_arguments(operands, outputs, sizes, params, threads))
         if status != 0:
             if status == 1:

@@ -1,0 +1,177 @@
+"""The persistent tuning cache (ssmc/runtime/tuning.py), the generated packages' use of it, and `ssmc tune`."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssmc
+from ssmc.compiler import compile_package
+from ssmc.reference_ssd import ssd_sequential_ref
+from ssmc.runtime import tuning
+from ssmc.runtime.multihead import cost_target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    tuning.forget()
+    yield
+    tuning.forget()
+
+
+def _key():
+    return f"test{uuid.uuid4().hex[:12]}_00000000"
+
+
+def test_round_trip_and_bucket_sharing():
+    key = _key()
+    sizes = {"batch": 3, "len": 1000, "heads": 8, "headdim": 64, "state": 16}
+    choice = {"pipeline": "chunked", "chunk": 128, "threads": 1}
+    path = tuning.store(key, "c", sizes, choice)
+    assert path is not None and path.parent == Path(os.environ["SSMC_CACHE_DIR"]) / "tuning"
+    data = json.loads(path.read_text())
+    assert data["schema"] == tuning.SCHEMA and data["package"] == key
+    tuning.forget()                                     # read back from the file, as another process would
+    assert tuning.lookup(key, "c", sizes) == choice
+    # batch 3 and 4, len 1000 and 1024 share a bucket; batch 5 and another target do not
+    assert tuning.lookup(key, "c", {**sizes, "batch": 4, "len": 1024}) == choice
+    assert tuning.lookup(key, "c", {**sizes, "batch": 5}) is None
+    assert tuning.lookup(key, "torch", sizes) is None
+    assert tuning.bucket({"batch": 3, "len": 1}) == "batch=4,len=1"
+    # a second store merges, keeping the first
+    tuning.store(key, "c", {**sizes, "batch": 16}, {"pipeline": "sequential", "chunk": 0, "threads": 2})
+    tuning.forget()
+    assert tuning.lookup(key, "c", sizes) == choice
+    assert tuning.lookup(key, "c", {**sizes, "batch": 9})["pipeline"] == "sequential"
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from ssmc.runtime import tuning
+    key, first = sys.argv[1], int(sys.argv[2])
+    for i in range(first, first + 40):
+        tuning.store(key, "c", {"batch": 2 ** i}, {"pipeline": "sequential", "chunk": 0, "threads": i})
+""")
+
+
+def test_two_processes_writing_at_once_keep_both_entries():
+    key = _key()
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, key, str(first)], cwd=ROOT, env=dict(os.environ))
+               for first in (0, 40)]
+    assert all(w.wait(timeout=120) == 0 for w in writers)
+    path = tuning.cache_file(key, "c")
+    data = json.loads(path.read_text())                 # valid JSON: never a torn file
+    assert len(data["entries"]) == 80
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".ssmc-tmp-")]
+
+
+@pytest.mark.parametrize("content", [b"{\"schema\": \"ssmc-tun", b"\x00\xff garbage", b'{"hello": "world"}',
+                                     b'[1, 2, 3]'])
+def test_corrupt_or_foreign_file_is_ignored_with_a_warning_and_kept(content):
+    key = _key()
+    path = tuning.cache_file(key, "c")
+    path.write_bytes(content)
+    sizes = {"batch": 1}
+    with pytest.warns(tuning.TuningWarning, match=str(path.name)):
+        assert tuning.lookup(key, "c", sizes) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # one warning per file, not one per call
+        assert tuning.lookup(key, "c", sizes) is None
+    # not ssmc's (no schema marker): left alone, nothing written over it
+    if b"ssmc-tuning" not in content:
+        assert tuning.store(key, "c", sizes, {"pipeline": "sequential", "chunk": 0}) is None
+        assert path.read_bytes() == content
+
+
+def test_ssmc_file_of_another_device_is_ignored_then_replaced():
+    key = _key()
+    path = tuning.cache_file(key, "c")
+    foreign = {"schema": tuning.SCHEMA, "version": tuning.VERSION, "device": "some other CPU", "triton": "none",
+               "package": key, "entries": {"c|batch=1": {"pipeline": "chunked", "chunk": 64}}}
+    path.write_text(json.dumps(foreign))
+    with pytest.warns(tuning.TuningWarning, match="device"):
+        assert tuning.lookup(key, "c", {"batch": 1}) is None
+    assert tuning.store(key, "c", {"batch": 1}, {"pipeline": "sequential", "chunk": 0}) == path
+    tuning.forget()
+    assert tuning.lookup(key, "c", {"batch": 1}) == {"pipeline": "sequential", "chunk": 0}
+
+
+def _mamba2_inputs(batch=2, length=40, heads=4, headdim=8, state=5):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, length, heads, headdim, generator=gen)
+    dt = 0.05 + 0.2 * torch.rand(batch, length, heads, generator=gen)
+    A = -0.5 - torch.rand(heads, generator=gen)
+    B = torch.randn(batch, length, 1, state, generator=gen)
+    C = torch.randn(batch, length, 1, state, generator=gen)
+    return x, dt, A, B, C
+
+
+@pytest.mark.parametrize("backend_name", ["c", "torch"])
+def test_package_follows_a_stored_winner(backend, monkeypatch, backend_name):
+    backend(backend_name)
+    module = compile_package(ssmc.presets.mamba2(d_state=5, headdim=8, name="tuned_m2"))
+    x, dt, A, B, C = _mamba2_inputs()
+    sizes = {"batch": 2, "len": 40, "heads": 4, "headdim": 8, "state": 5}
+    default = module.choose_pipeline(*sizes.values(), target=backend_name)
+    other = next(c for c in module.CANDIDATES if c != default)      # one the cost model would not pick
+    tuning.store(module.TUNING.key, backend_name, sizes, {"pipeline": other[0], "chunk": other[1], "threads": 1})
+    tuning.forget()
+    seen = []
+    core = module.OPS.core
+
+    def spy(*args):
+        seen.append(tuple(args[-2:]))
+        return core(*args)
+    monkeypatch.setattr(module.OPS, "core", spy)
+    y = module.apply(x, dt, A, B, C)
+    assert seen == [other]
+    assert module.choose_pipeline(2, 33, 3, 7, 5, target=backend_name) == other     # the same bucket
+    assert module.choose_pipeline(8, 40, 4, 8, 5, target=backend_name) == default   # another one: the cost model
+    if backend_name == "c":
+        module.choose_pipeline(2, 40, 4, 8, 5, target="c")
+        assert module.LIBRARY.c_threads == 1
+    ref = ssd_sequential_ref(x.double(), dt.double(), A.double(), B.double(), C.double())
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    module.TUNING.force(None)
+    module.LIBRARY.c_threads = None
+
+
+def test_tune_cli_writes_the_cache_and_prints_the_table(tmp_path):
+    spec_file = tmp_path / "tiny.py"
+    spec_file.write_text("import ssmc\nm2 = ssmc.presets.mamba2(d_state=4, headdim=4, name='tiny_tune')\n"
+                         "s4 = ssmc.presets.s4d(d_state=4)\n")
+    result = subprocess.run([sys.executable, "-m", "ssmc.cli", "tune", str(spec_file), "--shape",
+                             "batch=1,len=32,heads=2", "--repeats", "1", "--warmup", "0"],
+                            capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[1/" in out and "fwd+bwd ms" in out and "<- winner" in out and "skipped" in out
+    module = compile_package(ssmc.presets.mamba2(d_state=4, headdim=4, name="tiny_tune"))
+    sizes = {"batch": 1, "len": 32, "heads": 2, "headdim": 4, "state": 4}
+    target = cost_target("cpu")
+    stored = tuning.lookup(module.TUNING.key, target, sizes)
+    assert stored is not None and (stored["pipeline"], stored["chunk"]) in [tuple(c) for c in module.CANDIDATES]
+    assert str(tuning.cache_file(module.TUNING.key, target)) in out
+
+
+def test_a_stored_winner_keeps_apply_traceable_with_fullgraph(backend):
+    """Under torch.compile's tracing the cache is not consulted (the cost model decides): no graph break."""
+    backend("c")
+    module = compile_package(ssmc.presets.mamba2(d_state=5, headdim=8, name="tuned_m2"))
+    x, dt, A, B, C = _mamba2_inputs()
+    sizes = {"batch": 2, "len": 40, "heads": 4, "headdim": 8, "state": 5}
+    tuning.store(module.TUNING.key, "c", sizes, {"pipeline": "chunked", "chunk": 64, "threads": 1})
+    tuning.forget()
+    compiled = torch.compile(lambda x: module.apply(x, dt, A, B, C), backend="eager", fullgraph=True)
+    y = compiled(x)
+    ref = ssd_sequential_ref(x.double(), dt.double(), A.double(), B.double(), C.double())
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    module.LIBRARY.c_threads = None
