@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from ..ir.mimo import FUSED_TILE, TARGETS
+from ..ir.mimo import FUSED_TILE
+from ..ir.pipelines import TARGETS
 from ..ir.stages import operand_tables
 from .multihead import _python_cost
 from .printers import TorchPrinter

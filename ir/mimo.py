@@ -29,8 +29,6 @@ the projected inputs and the states: 4·P·c numbers per step and direction.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import sympy
@@ -40,7 +38,7 @@ from ..spec import A_SYM, DT
 from .dims import symbols
 from .functions import use_expm1
 from .mimo_stages import MIMO_FUSED, MIMO_SCAN
-from .pipelines import TARGETS, schedule_text
+from .pipelines import MultiHeadSchedule
 from .recurrence import Recurrence, mimo_recurrence
 from .stages import stage_lines
 
@@ -101,43 +99,23 @@ def check_legal(recurrence: Recurrence, record: MIMORecord) -> None:
 
 
 @dataclass(frozen=True)
-class MIMOSchedule:
-    request: str
-    candidates: tuple        # MIMORecords, in the order that breaks cost ties
+class MIMOSchedule(MultiHeadSchedule):
+    """MultiHeadSchedule's ranking over MIMO records, whose costs also depend on the state's parts
+    and the number of scan directions."""
+
     complex_state: bool = True
     directions: int = 1
-
-    @property
-    def fixed(self) -> bool:
-        return len(self.candidates) == 1
+    dims = DIMS
 
     @property
     def stages(self) -> tuple:
-        seen = []
-        for record in self.candidates:
-            seen += [s for s in record.stages if s not in seen]
+        seen = list(super().stages)
         if MIMO_SCAN not in seen:      # the fused stage's backward recomputes the states with the scan
             seen.append(MIMO_SCAN)
         return tuple(seen)
 
     def cost(self, record: MIMORecord, target: str) -> sympy.Expr:
         return record.cost(target, self.complex_state, self.directions)
-
-    def choose(self, shape: dict, target: str = "c") -> MIMORecord:
-        values = {r: float(self.cost(r, target).subs({DIMS[k]: v for k, v in shape.items() if k in DIMS}))
-                  for r in self.candidates}
-        return min(self.candidates, key=lambda r: values[r])
-
-    def to_json(self) -> dict:
-        return {"request": self.request,
-                "candidates": [r.to_json() | {f"cost_{t}": str(self.cost(r, t)) for t in TARGETS}
-                               for r in self.candidates]}
-
-    def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def dump(self) -> str:
-        return schedule_text(self, lambda record, target: self.cost(record, target))
 
 
 def plan(recurrence: Recurrence, request, complex_state: bool, directions: int) -> MIMOSchedule:

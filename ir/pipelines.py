@@ -112,20 +112,28 @@ class MultiHeadSchedule:
             seen += [s for s in record.stages if s not in seen]
         return tuple(seen)
 
-    def choose(self, shape: dict, target: str = "c") -> PipelineRecord:
-        values = {record: float(record.cost(target).subs({DIMS[k]: v for k, v in shape.items() if k in DIMS}))
+    dims = DIMS             # the symbols of the cost formulas, by name
+
+    def cost(self, record, target: str) -> sympy.Expr:
+        """A candidate's cost formula on a target (a subclass adds what the schedule knows)."""
+        return record.cost(target)
+
+    def choose(self, shape: dict, target: str = "c"):
+        dims = self.dims
+        values = {record: float(self.cost(record, target).subs({dims[k]: v for k, v in shape.items() if k in dims}))
                   for record in self.candidates}
         return min(self.candidates, key=lambda r: values[r])
 
     def to_json(self) -> dict:
         return {"request": self.request,
-                "candidates": [r.to_json() | {f"cost_{t}": str(r.cost(t)) for t in TARGETS} for r in self.candidates]}
+                "candidates": [r.to_json() | {f"cost_{t}": str(self.cost(r, t)) for t in TARGETS}
+                               for r in self.candidates]}
 
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def dump(self) -> str:
-        return schedule_text(self, lambda record, target: record.cost(target))
+        return schedule_text(self, self.cost)
 
 
 def schedule_text(schedule, cost) -> str:

@@ -133,10 +133,12 @@ def cmd_explain(args) -> int:
         print(f"#### {variable}: spec '{spec.name}' ({spec.content_hash()}), schedule {args.schedule}\n")
         print(lowered.dump())
         if spec.is_multihead:
-            _explain_pipelines(lowered, spec, shape)
+            defaults = {"batch": 1, "len": 2048, "heads": 8, "headdim": spec.heads.headdim, "state": spec.d_state}
+            _explain_pipelines(lowered, {**defaults, **{k: v for k, v in shape.items() if k in defaults}})
             continue
-        if spec.is_mimo:
-            _explain_mimo(lowered, spec, shape)
+        if spec.is_mimo:        # the layer's H is given as dim
+            defaults = {"batch": 1, "len": 2048, "H": shape.get("dim", 256), "state": spec.d_state}
+            _explain_pipelines(lowered, {**defaults, **{k: v for k, v in shape.items() if k in defaults}})
             continue
         bound = {"batch": 1, "len": 1024, "dim": 1, "state": spec.d_state}
         bound.update(shape)
@@ -153,36 +155,18 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def _explain_pipelines(lowered, spec, shape: dict) -> None:
-    """Every candidate pipeline's cost at one call shape, and the one the generated module would run."""
-    from .ir.pipelines import DIMS, TARGETS
-    bound = {"batch": 1, "len": 2048, "heads": 8, "headdim": spec.heads.headdim, "state": spec.d_state}
-    bound.update({k: v for k, v in shape.items() if k in bound})
+def _explain_pipelines(lowered, bound: dict) -> None:
+    """Every candidate pipeline's cost at one call shape (`bound`, by the schedule's dimension
+    names), and the one the generated module would run."""
+    from .ir.pipelines import TARGETS
+    schedule = lowered.schedule
     print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
     for target in TARGETS:
         values = {}
-        for record in lowered.schedule.candidates:
-            values[record] = float(record.cost(target).subs({DIMS[k]: v for k, v in bound.items()}))
+        for record in schedule.candidates:
+            values[record] = float(schedule.cost(record, target).subs({schedule.dims[k]: v for k, v in bound.items()}))
             print(f"  {target}: {record.text:<12} cost = {values[record]:.4g}")
-        winner = min(lowered.schedule.candidates, key=values.get)
-        print(f"  {target}: winner {winner.text} (record {winner.to_json()}; replay with "
-              f"ssmc.compile(spec, schedule=...))")
-    print()
-
-
-def _explain_mimo(lowered, spec, shape: dict) -> None:
-    """Every candidate MIMO (S5) pipeline's cost at one call shape (dim is the layer's H), and the
-    one the generated module would run."""
-    from .ir.mimo import DIMS, TARGETS
-    bound = {"batch": 1, "len": 2048, "H": shape.get("dim", 256), "state": spec.d_state}
-    bound.update({k: v for k, v in shape.items() if k in bound})
-    print(f"\n== cost model at {', '.join(f'{k}={v}' for k, v in bound.items())} ==")
-    for target in TARGETS:
-        values = {}
-        for record in lowered.schedule.candidates:
-            values[record] = float(lowered.schedule.cost(record, target).subs({DIMS[k]: v for k, v in bound.items()}))
-            print(f"  {target}: {record.text:<12} cost = {values[record]:.4g}")
-        winner = min(lowered.schedule.candidates, key=values.get)
+        winner = min(schedule.candidates, key=values.get)
         print(f"  {target}: winner {winner.text} (record {winner.to_json()}; replay with "
               f"ssmc.compile(spec, schedule=...))")
     print()

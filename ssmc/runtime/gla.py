@@ -44,7 +44,7 @@ class GatedOps:
         name = f"{key}_gla_core"
         qualname = f"{NAMESPACE}::{name}"
         torch.library.define(qualname, table.schema().replace(") ->", ", str pipeline, int chunk) ->", 1))
-        torch.library.impl(qualname, "default")(self._forward)
+        torch.library.impl(qualname, "default")(self._run)
         torch.library.register_fake(qualname)(self._fake)
         torch.library.register_autograd(qualname, self._backward, setup_context=self._setup_context)
         self.op = getattr(getattr(torch.ops, NAMESPACE), name)
@@ -58,9 +58,6 @@ class GatedOps:
     def _fake(self, u, g_state, g_headdim, B, C, h0, pipeline, chunk):
         sizes = self.table.bind(dict(u=u, g_state=g_state, g_headdim=g_headdim, B=B, C=C, h0=h0))
         return tuple(u.new_empty(shape) for shape in self.table.output_shapes(sizes))
-
-    def _forward(self, u, g_state, g_headdim, B, C, h0, pipeline, chunk):
-        return self._run(u, g_state, g_headdim, B, C, h0, pipeline, chunk)
 
     def _run(self, u, g_state, g_headdim, B, C, h0, pipeline, chunk):
         """(y, final) by the stages: chunked only where the decay is along the state axis alone."""
