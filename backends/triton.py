@@ -2,8 +2,11 @@
 
 `render_sources` renders one template per stage from `templates/triton/siso/` — the prelude (imports,
 scalar functions, (re, im) pair helpers, autotuning helpers), the scan plan, what the scan kernels
-share, `scan_fwd`, `scan_bwd`, `scan_step`, `vandermonde`, `vandermonde_bwd` — and concatenates them
-into the one module `kernels_triton.py` that the package loads. The templates are plain Triton in the
+share, the sequential `scan_fwd` / `scan_bwd` kernels, the time-parallel ones (`scan_tiled_common`,
+`scan_tiled_fwd`, `scan_tiled_bwd`: tiles of (channels, states, steps) scanned with
+tl.associative_scan), `scan_schedule` (which of the two runs a call, and the launchers the runtime
+calls), `scan_step`, `vandermonde`, `vandermonde_bwd` — and concatenates them into the one module
+`kernels_triton.py` that the package loads. The templates are plain Triton in the
 style of Inductor's: the plan's flags are `tl.constexpr` arguments (SCAN_FLAGS, passed by the
 launchers; an absent operand is a None pointer), so the kernels and launchers read the same for every
 plan. Jinja only prints: the flags, the tunables and the plan's sympy blocks, as the helpers
@@ -39,6 +42,7 @@ LOG2E = sympy.Symbol("LOG2E", positive=True)   # a tl.constexpr of the generated
 KERNEL_NAMES = {"scan": "scan_kernel", "conv": "conv_kernel"}
 DEFAULT_SPACES = {
     "scan_kernel": {"BLOCK_D": [8, 16, 32, 64], "num_warps": [2, 4, 8]},
+    "scan_tiled_kernel": {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]},
     "conv_kernel": {"BLOCK_L": [64, 128, 256], "BLOCK_N": [16, 32, 64]},
 }
 
@@ -160,6 +164,7 @@ def _scan_context(lowered, scan) -> dict:
     _returns(scan.epilogue_block, ("out",))
     return dict(
         flags=_flags_text(scan), tunables=_tunables(lowered, KERNEL_NAMES["scan"]),
+        tiled_tunables=_tunables(lowered, "scan_tiled_kernel"),
         dt_lines=lines(scan.dt_block), discretize_lines=lines(discretize),
         discretize_returns=_returns(discretize, ("decay_re", "decay_im", "scale_re", "scale_im"), IMAGINARY),
         epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),
@@ -171,7 +176,8 @@ def _scan_context(lowered, scan) -> dict:
         grad_dt_returns=_returns(scan.grad_dt_block, ("grad_delta", "grad_dt_bias"), ("grad_dt_bias",)))
 
 
-SCAN_TEMPLATES = ("scan_plan", "scan_common", "scan_fwd", "scan_bwd", "scan_step")
+SCAN_TEMPLATES = ("scan_plan", "scan_common", "scan_fwd", "scan_bwd", "scan_tiled_common", "scan_schedule",
+                  "scan_tiled_fwd", "scan_tiled_bwd", "scan_step")
 CONV_TEMPLATES = ("vandermonde", "vandermonde_bwd")
 
 

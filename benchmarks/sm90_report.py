@@ -239,6 +239,8 @@ def loop_work(kernel_name, consts):
     c = consts
     if kernel_name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
         return 1, c["BLOCK_D"] * c["N_PAD"], "BLOCK_D·N_PAD"
+    if kernel_name in ("_scan_fwd_tiled_kernel", "_scan_bwd_tiled_kernel"):
+        return c["BLOCK_T"], c["BLOCK_D"] * c["N_PAD"] * c["BLOCK_T"], "BLOCK_D·N_PAD·BLOCK_T"
     if kernel_name in ("_ssd_scan_kernel", "_gla_scan_kernel"):
         return 1, c["BLOCK_P"] * c["BLOCK_N"], "BLOCK_P·BLOCK_N"
     if kernel_name in ("_state_passing_kernel",):
@@ -293,8 +295,10 @@ def mamba1_launches(dtype):
     bwd = dict(act, grad_out=_meta(dims, ("batch", "dim", "len"), dtype), grad_state_re=None, grad_state_im=None,
                ckpt_re=torch.empty(b, d, dims["chunks"], n, device="meta"), ckpt_im=None, chunk=MAMBA1_CHUNK)
     shape = f"({b}, {d}, {L}, {n})"
-    return [(f"mamba scan_fwd {shape}", module, module.scan_fwd, fwd),
-            (f"mamba scan_bwd {shape}", module, module.scan_bwd, bwd)]
+    return [(f"mamba scan_fwd {schedule} {shape}", module, getattr(module, f"scan_fwd_{schedule}"), fwd)
+            for schedule in module.SCHEDULES] + [
+            (f"mamba scan_bwd {schedule} {shape}", module, getattr(module, f"scan_bwd_{schedule}"), bwd)
+            for schedule in module.SCHEDULES]
 
 
 def stage_launches(spec, dims, dtype, present=(), params=None, label=""):
