@@ -20,7 +20,8 @@ decay -> decay_re, ...; the imaginary parts are 0.0). Two rewrites happen on the
   (channel, state, step) and no extra multiply. An exponent is recognised through the block's common
   subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a multiple of A stays
   `tl.exp` (which Triton lowers to a multiply and an exp2 itself).
-- the schedule's tunable spaces become the `triton.autotune` configs of each kernel.
+- the schedule's tunable axes become each scan kernel's `triton.autotune` configs, planned by
+  `ir/tuning_space.py` from the spec's state size (idle threads and register spills pruned).
 
 Training: the scan's backward kernel calls the plan's derived gradient helpers (`grad_epilogue_block`,
 `grad_discretize_block` with the same exp -> exp2 folding, `grad_dt_block`) around the template's
@@ -32,6 +33,7 @@ import sympy
 
 from ..errors import CompileError
 from ..ir.functions import expm1
+from ..ir.tuning_space import config_comment, plan_configs
 from .printers import TritonPrinter
 from .render import fused_plans, header, indent, print_block, render
 
@@ -41,7 +43,7 @@ LOG2E = sympy.Symbol("LOG2E", positive=True)   # a tl.constexpr of the generated
 # the first value of each tunable, the schedule lists them smallest first.
 KERNEL_NAMES = {"scan": "scan_kernel", "conv": "conv_kernel"}
 DEFAULT_SPACES = {
-    "scan_kernel": {"BLOCK_D": [8, 16, 32, 64], "num_warps": [2, 4, 8]},
+    "scan_kernel": {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]},
     "scan_tiled_kernel": {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]},
     "conv_kernel": {"BLOCK_L": [64, 128, 256], "BLOCK_N": [16, 32, 64]},
 }
@@ -144,6 +146,24 @@ def _returns(block, names, optional=()) -> str:
     return ", ".join(name if name in targets else "0.0" for name in names)
 
 
+# each scan kernel's configs (the module's name for them, the planner's kernel, the schedule's axes)
+PLANNED_CONFIGS = (("SCAN_FWD_CONFIGS", "scan_fwd", "scan_kernel"), ("SCAN_BWD_CONFIGS", "scan_bwd", "scan_kernel"),
+                   ("TILED_FWD_CONFIGS", "scan_tiled_fwd", "scan_tiled_kernel"),
+                   ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_kernel"))
+
+
+def _configs_text(lowered, scan) -> str:
+    """The scan kernels' autotune configs as planned by ir/tuning_space.py from the schedule's axes and
+    the spec's state size, one commented list per kernel."""
+    lines = []
+    for variable, kernel, axes in PLANNED_CONFIGS:
+        kept, pruned = plan_configs(kernel, _tunables(lowered, axes), lowered.spec.d_state, scan.complex)
+        lines += [config_comment(kernel, kept, pruned), f"{variable} = ["]
+        lines += [f"    dict({', '.join(f'{k}={v}' for k, v in config.items())})," for config in kept]
+        lines.append("]")
+    return "\n".join(lines)
+
+
 def _scan_context(lowered, scan) -> dict:
     """What templates/triton/siso/scan_plan.py.jinja prints: the flags, the tunables and the blocks."""
     if scan.direction != "forward":
@@ -163,8 +183,7 @@ def _scan_context(lowered, scan) -> dict:
     _returns(scan.dt_block, ("dt",))            # raises unless the block assigns dt (and out, below)
     _returns(scan.epilogue_block, ("out",))
     return dict(
-        flags=_flags_text(scan), tunables=_tunables(lowered, KERNEL_NAMES["scan"]),
-        tiled_tunables=_tunables(lowered, "scan_tiled_kernel"),
+        flags=_flags_text(scan), configs=_configs_text(lowered, scan),
         dt_lines=lines(scan.dt_block), discretize_lines=lines(discretize),
         discretize_returns=_returns(discretize, ("decay_re", "decay_im", "scale_re", "scale_im"), IMAGINARY),
         epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),

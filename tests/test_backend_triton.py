@@ -145,16 +145,13 @@ def test_interpreter_keeps_one_config_and_gpu_prunes_by_shape(monkeypatch):
     for kernel in ("_scan_fwd_kernel", "_scan_bwd_kernel", "_vandermonde_kernel", "_vandermonde_bwd_kernel"):
         assert len(getattr(kernels, kernel).configs) == 1, kernel
     monkeypatch.setattr(kernels, "INTERPRETED", False)
-    configs = kernels._configs(kernels.SCAN_TUNABLES)
-    assert len(configs) == 12   # BLOCK_D in [8, 16, 32, 64] x num_warps in [2, 4, 8]
-    # channel blocks stay within a segment (channels sharing their groups) and a bounded state tile
-    prune = kernels._pruner(BLOCK_D=kernels._widest_channel_block)
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 6, "n_state": 16})} == {8}
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 1536, "n_state": 16})} == {8, 16, 32, 64}
-    assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 1536, "n_state": 128})} == {8, 16, 32}
-    prune_bwd = kernels._pruner(BLOCK_D=kernels._channel_block_limit(kernels.MAX_STATE_TILE_BWD))
-    assert {c.kwargs["BLOCK_D"] for c in prune_bwd(configs, {"seg": 1536, "n_state": 16})} == {8, 16, 32, 64}
-    assert {c.kwargs["BLOCK_D"] for c in prune_bwd(configs, {"seg": 1536, "n_state": 128})} == {8}
+    for planned in (kernels.SCAN_FWD_CONFIGS, kernels.SCAN_BWD_CONFIGS):
+        configs = kernels._planned(planned)
+        assert len(configs) == len(planned) > 1         # the compiler's plan (tests/test_tuning_space.py)
+        # at the call, channel blocks stay within a segment (channels sharing their groups)
+        prune = kernels._pruner(BLOCK_D=kernels._within_segment)
+        assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 6})} == {8}
+        assert {c.kwargs["BLOCK_D"] for c in prune(configs, {"seg": 1536})} == {c["BLOCK_D"] for c in planned}
     assert kernels._segment(12, torch.empty(2, 3, 4, 5), torch.empty(2, 2, 4, 5)) == 2   # gcd(4, 6)
 
 

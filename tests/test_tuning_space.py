@@ -1,0 +1,59 @@
+"""The compiler's plan of the SISO Triton kernels' autotune configs (ir/tuning_space.py): pruned by
+idle threads and estimated registers from the spec's state size, printed into the generated module
+and used by its autotuners."""
+import pytest
+
+import ssmc
+from ssmc.compiler import compile_package
+from ssmc.ir.tuning_space import MODELS, REGISTER_LIMIT, estimated_registers, plan_configs
+
+SEQUENTIAL_AXES = {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}
+TILED_AXES = {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
+
+
+def test_the_sm90_report_s_spilling_and_idle_configs_are_pruned():
+    """Mamba-1 (N 16): the report's best forward config (64 channels, 2 warps: 16 elements per thread,
+    128 registers measured) is kept; 8 channels on 8 warps (128 elements for 256 threads) and a time
+    tile of (8, 16, 64) on one warp (255 registers and 10185 spill instructions measured) are not."""
+    kept, pruned = plan_configs("scan_fwd", SEQUENTIAL_AXES, 16, False)
+    assert {"BLOCK_D": 64, "num_warps": 2} in kept
+    assert {"BLOCK_D": 8, "num_warps": 8} not in kept and pruned["idle threads"] >= 1
+    kept, pruned = plan_configs("scan_tiled_fwd", TILED_AXES, 16, False)
+    assert {"BLOCK_D": 8, "BLOCK_T": 64, "num_warps": 1} not in kept and pruned["registers"] >= 1
+    assert {"BLOCK_D": 1, "BLOCK_T": 64, "num_warps": 1} in kept          # 233 registers, no spill, measured
+    for config in kept:
+        elements, threads, registers = estimated_registers(MODELS["scan_tiled_fwd"], config, 16, False)
+        assert threads <= elements and registers <= REGISTER_LIMIT
+
+
+def test_the_backward_keeps_fewer_tiles_per_thread_and_complex_states_twice_fewer():
+    forward, _ = plan_configs("scan_fwd", SEQUENTIAL_AXES, 16, False)
+    backward, _ = plan_configs("scan_bwd", SEQUENTIAL_AXES, 16, False)
+    complex_backward, _ = plan_configs("scan_bwd", SEQUENTIAL_AXES, 16, True)
+    assert set(map(str, complex_backward)) < set(map(str, backward)) < set(map(str, forward))
+
+
+def test_the_backward_tile_along_time_is_the_checkpoint_chunk_not_tuned():
+    kept, _ = plan_configs("scan_tiled_bwd", TILED_AXES, 16, False)
+    assert kept and all(set(config) == {"BLOCK_D", "num_warps"} for config in kept)
+
+
+def test_a_state_too_wide_for_every_config_keeps_the_smallest():
+    kept, pruned = plan_configs("scan_tiled_bwd", TILED_AXES, 4096, True)
+    assert kept == [{"BLOCK_D": 1, "num_warps": 1}]
+    assert pruned["registers"] == len(TILED_AXES["BLOCK_D"]) * len(TILED_AXES["num_warps"]) - 1
+
+
+@pytest.mark.parametrize("spec", [ssmc.presets.mamba(d_state=16), ssmc.SSM("cx", 4, A=ssmc.Diagonal(real=False))],
+                         ids=["mamba16", "complex4"])
+def test_the_generated_module_runs_the_planned_configs(spec):
+    kernels = compile_package(spec, "scan").KERNELS.get("triton")
+    for variable, kernel in (("SCAN_FWD_CONFIGS", "scan_fwd"), ("SCAN_BWD_CONFIGS", "scan_bwd"),
+                             ("TILED_FWD_CONFIGS", "scan_tiled_fwd"), ("TILED_BWD_CONFIGS", "scan_tiled_bwd")):
+        axes = TILED_AXES if "tiled" in kernel else SEQUENTIAL_AXES
+        assert getattr(kernels, variable) == plan_configs(kernel, axes, spec.d_state, spec.is_complex)[0], variable
+    # the autotuners hold the planned configs (the first alone under the interpreter)
+    first = kernels.SCAN_FWD_CONFIGS[0]
+    config = kernels._scan_fwd_kernel.configs[0]
+    assert config.kwargs == {k: v for k, v in first.items() if k != "num_warps"}
+    assert config.num_warps == first["num_warps"]
