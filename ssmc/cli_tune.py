@@ -6,8 +6,10 @@ Per spec with pipeline candidates (MultiHead, gated, MIMO): each candidate (each
 on the C backend, each thread count in {1, all cores} is timed forward and forward+backward (the
 median of a few runs after a warm-up), one progress line per config, then a table; the winner (by
 forward+backward time, or forward with `--objective forward`) is stored for the shape's bucket.
-SISO specs have no pipeline candidates to tune (their scan/convolution choice stays the cost
-model's) and are reported as skipped.
+A SISO spec's Triton scan has two schedules (sequential, time-parallel): on the Triton backend (a GPU)
+both are timed the same way and the winner stored, which the package's kernels read per shape bucket;
+its scan/convolution choice stays the cost model's, and on the C and torch backends a SISO spec has
+nothing to tune (reported as skipped).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ DEFAULT_SHAPES = {
     "multihead": {"batch": 4, "len": 1024, "heads": 8},
     "gated": {"batch": 4, "len": 1024, "heads": 8},
     "mimo": {"batch": 4, "len": 1024, "dim": 128},
+    "siso": {"batch": 4, "len": 1024, "dim": 256},
 }
 
 
@@ -53,7 +56,16 @@ def _workload(module, family: str, spec, shape: dict, device):
         return torch.randn(*s, generator=gen).to(device)
 
     batch, length = shape["batch"], shape["len"]
-    if family == "multihead":
+    if family == "siso":
+        from .cli_bench import build_case
+        case = build_case(spec, module, shape, device)
+        leaves = [case.inputs[name] for name in case.grads if case.inputs[name].is_floating_point()
+                  or case.inputs[name].is_complex()]
+
+        def forward():
+            return case.ssmc(case.inputs)
+        sizes = {"batch": batch, "dim": shape["dim"], "len": length, "state": spec.d_state}
+    elif family == "multihead":
         heads, headdim, state, groups = shape["heads"], spec.heads.headdim, spec.d_state, spec.heads.groups
         if heads % groups:
             raise SSMCError(f"--shape: heads={heads} must be a multiple of the spec's groups={groups}")
@@ -119,21 +131,24 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     from .runtime.backend import select_backend
     from .runtime.multihead import cost_target
 
-    family = spec.family if spec.family != "siso" else None
-    if family is None:
-        out(f"{variable}: spec '{spec.name}' has no pipeline candidates to tune (SISO: the cost model "
-            f"chooses scan or convolution); skipped")
-        return None
+    family = spec.family
     full = dict(DEFAULT_SHAPES[family])
     full.update({k: v for k, v in shape.items() if k in full})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = cost_target(device.type)
     backend = select_backend(device)
     module = compile_package(spec, "auto")
+    if family == "siso" and (backend != "triton" or module.OPS.scan is None):
+        out(f"{variable}: spec '{spec.name}' (SISO) has nothing to tune on the {backend} backend"
+            + (" (its schedule has no scan)" if module.OPS.scan is None else "")
+            + ": its scan/convolution choice is the cost model's, and the Triton scan's schedule is tuned on a "
+              "GPU; skipped")
+        return None
     sizes, run = _workload(module, family, spec, full, device)
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores}) if backend == "c" else [None]
-    configs = [(c, t) for c in module.CANDIDATES for t in thread_counts]
+    candidates = module.SCAN_SCHEDULES if family == "siso" else module.CANDIDATES
+    configs = [(c, t) for c in candidates for t in thread_counts]
     shape_text = ", ".join(f"{k}={v}" for k, v in sizes.items())
     out(f"{variable}: spec '{spec.name}' on {tuning.device_name(target)} ({backend} backend), {shape_text}: "
         f"{len(configs)} configs")

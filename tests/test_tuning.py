@@ -175,3 +175,48 @@ def test_a_stored_winner_keeps_apply_traceable_with_fullgraph(backend):
     ref = ssd_sequential_ref(x.double(), dt.double(), A.double(), B.double(), C.double())
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
     module.LIBRARY.c_threads = None
+
+
+def test_siso_scan_schedule_is_tuned_on_triton_and_followed(backend, monkeypatch):
+    """On the Triton backend (here its interpreter) `ssmc tune` times a SISO spec's two scan schedules and
+    stores the winner; the package's kernels then run the stored schedule for that shape bucket, whatever
+    their shipped preference, and the output still equals the reference."""
+    from ssmc.cli_tune import tune_spec
+    from ssmc.reference import selective_scan_ref
+    backend("triton")
+    spec = ssmc.presets.mamba(d_state=4, name="tuned_m1")
+    lines = []
+    stored = tune_spec("m1", spec, {"batch": 1, "len": 20, "dim": 4}, warmup=0, repeats=1, out=lines.append)
+    text = "\n".join(lines)
+    assert "[1/2] sequential" in text and "[2/2] time_parallel" in text and "<- winner" in text
+    assert stored["pipeline"] in ("sequential", "time_parallel")
+    module = compile_package(spec, "auto")
+    sizes = {"batch": 1, "dim": 4, "len": 20, "state": 4}
+    assert tuning.lookup(module.TUNING.key, "triton", sizes)["pipeline"] == stored["pipeline"]
+    # follow a stored time-parallel winner (the shipped preference is sequential); the interpreter normally
+    # keeps the shipped default, so pretend to be compiled
+    tuning.store(module.TUNING.key, "triton", sizes, {"pipeline": "time_parallel", "chunk": None, "threads": None})
+    tuning.forget()
+    monkeypatch.setattr(tuning, "_interpreted", lambda: False)
+    kernels = module.KERNELS.get("triton")
+    calls = []
+    original = kernels.scan_fwd_time_parallel
+    monkeypatch.setattr(kernels, "scan_fwd_time_parallel", lambda *a, **k: calls.append(1) or original(*a, **k))
+    gen = torch.Generator().manual_seed(3)
+    u, delta, z = (torch.randn(1, 4, 20, generator=gen) for _ in range(3))
+    A, B, C = -torch.rand(4, 4, generator=gen) - 0.5, torch.randn(1, 1, 4, 20, generator=gen), \
+        torch.randn(1, 1, 4, 20, generator=gen)
+    D, bias = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    y = module.apply(u, delta, A, B, C, D=D, z=z, delta_bias=bias)
+    assert calls == [1]
+    ref = selective_scan_ref(*(t.double() for t in (u, delta, A, B, C)), D=D.double(), z=z.double(),
+                             delta_bias=bias.double(), delta_softplus=True)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_siso_spec_on_the_c_backend_has_nothing_to_tune(backend):
+    from ssmc.cli_tune import tune_spec
+    backend("c")
+    lines = []
+    assert tune_spec("m1", ssmc.presets.mamba(d_state=4), {}, out=lines.append) is None
+    assert "nothing to tune on the c backend" in lines[0] and "skipped" in lines[0]
