@@ -269,3 +269,34 @@ def test_the_schedule_is_the_preferred_one_where_it_fits(monkeypatch):
     assert kernels.choose_schedule(8, 16, 64) == "sequential"                  # shorter than a tile
     assert kernels.choose_schedule(2048, 16, 48, backward=True) == "sequential"   # the tile is the chunk
     assert kernels.choose_schedule(2048, 512, 64) == "sequential"              # a tile past TILED_MAX_TILE
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "time_parallel"])
+def test_the_layer_passes_strided_u_z_and_delta_to_the_kernel_uncopied(schedule, backend, monkeypatch):
+    """u and z as the halves of one (batch, 2·dim, len) projection (as a Mamba block splits them) and a
+    delta with a gap between channels: the Triton forward kernel gets these very tensors (no contiguous
+    copy on the way) and the result equals the float64 reference."""
+    backend("triton")
+    spec = ssmc.presets.mamba(d_state=4)
+    kernels = _force(monkeypatch, spec, schedule)
+    inputs = scan_inputs(batch=2, dim=6, length=LENGTH, n_state=4, seed=9)
+    xz = torch.cat([inputs["u"], inputs["z"]], dim=1)
+    u, z = xz[:, :6], xz[:, 6:]
+    delta = torch.cat([inputs["delta"], torch.full_like(inputs["delta"], float("nan"))], dim=1)[:, :6]
+    assert not (u.is_contiguous() or z.is_contiguous() or delta.is_contiguous())
+    name = "_scan_fwd_tiled_kernel" if schedule == "time_parallel" else "_scan_fwd_kernel"
+    kernel, seen = getattr(kernels, name), []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append([a.data_ptr() for a in args[:3]])        # u, delta, z
+                return kernel[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(kernels, name, Spy())
+    y = compile_package(spec, "scan").apply(u, delta, inputs["A"], inputs["B"], inputs["C"], D=inputs["D"], z=z,
+                                             delta_bias=inputs["delta_bias"])
+    assert seen == [[u.data_ptr(), delta.data_ptr(), z.data_ptr()]]
+    ref = selective_scan_ref(*(inputs[k].double() for k in ("u", "delta", "A", "B", "C")), D=inputs["D"].double(),
+                             z=inputs["z"].double(), delta_bias=inputs["delta_bias"].double(), delta_softplus=True)
+    assert rel_error(y, ref) < TOL

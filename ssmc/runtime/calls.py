@@ -68,7 +68,11 @@ def _pair(x, want_complex, compute):
     return x.to(compute).contiguous(), None
 
 
-def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, delta_bias=None) -> dict:
+def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                        keep_strides: bool = False) -> dict:
+    """The checked operands as the kernels take them. With keep_strides (the Triton backend, whose scan
+    kernels read u, delta and z through their strides) those three are not copied into a contiguous
+    layout; delta is still cast to the compute dtype."""
     u = _real("u", _tensor("u", u, 3, "(batch, dim, len)"))
     batch, dim, length = u.shape
     device = u.device
@@ -85,7 +89,8 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
         _fail("A", f"({dim}, N): one row per channel of u", A)
     state = A.shape[1]
     compute = compute_dtype(u)
-    out = {"u": u.contiguous(), "delta": delta.to(compute).contiguous()}
+    delta = delta.to(compute)
+    out = {"u": u, "delta": delta} if keep_strides else {"u": u.contiguous(), "delta": delta.contiguous()}
     out["A_re"], out["A_im"] = _pair(A, sig.complex, compute)
     for name, selective in (("B", sig.selective_B), ("C", sig.selective_C)):
         x = B if name == "B" else C
@@ -120,7 +125,7 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
         z = _real("z", _tensor("z", z, 3, "(batch, dim, len)"))
         if z.shape != u.shape:
             _fail("z", f"the shape of u {tuple(u.shape)}", z)
-        z = z.contiguous()
+        z = z if keep_strides else z.contiguous()
     elif z is not None:
         raise ShapeError("z: this layer was compiled without a gate, expected None")
     out["z"] = z
