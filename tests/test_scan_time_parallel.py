@@ -272,6 +272,36 @@ def test_the_schedule_is_the_preferred_one_where_it_fits(monkeypatch):
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "time_parallel"])
+def test_a_bf16_layer_s_delta_reaches_the_kernel_uncast(schedule, backend, monkeypatch):
+    """u, delta and z in bfloat16: the forward kernel reads the caller's delta itself (no float32 copy on
+    the host), and forward and backward still match the float64 reference on the same rounded values."""
+    backend("triton")
+    monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 8)
+    spec = ssmc.presets.mamba(d_state=4)
+    kernels = _force(monkeypatch, spec, schedule)
+    inputs = scan_inputs(batch=2, dim=6, length=LENGTH, n_state=4, seed=10)
+    for key in ("u", "delta", "z"):
+        inputs[key] = inputs[key].to(torch.bfloat16)
+    name = "_scan_fwd_tiled_kernel" if schedule == "time_parallel" else "_scan_fwd_kernel"
+    kernel, seen = getattr(kernels, name), []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(args[1].data_ptr())                     # delta
+                return kernel[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(kernels, name, Spy())
+    with torch.no_grad():
+        compile_package(spec, "scan").apply(*(inputs[k] for k in ("u", "delta", "A", "B", "C")), D=inputs["D"],
+                                            z=inputs["z"], delta_bias=inputs["delta_bias"])
+    assert seen == [inputs["delta"].data_ptr()]
+    monkeypatch.setattr(kernels, name, kernel)
+    for grad_name, grad, ref in _gradients(spec, inputs, "mamba", h0=_initial_state(spec, 2, 6)):
+        assert rel_error(grad, ref) < (1e-2 if grad_name in ("u", "delta", "z") else TOL), grad_name
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "time_parallel"])
 def test_the_layer_passes_strided_u_z_and_delta_to_the_kernel_uncopied(schedule, backend, monkeypatch):
     """u and z as the halves of one (batch, 2·dim, len) projection (as a Mamba block splits them) and a
     delta with a gap between channels: the Triton forward kernel gets these very tensors (no contiguous

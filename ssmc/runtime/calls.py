@@ -71,8 +71,9 @@ def _pair(x, want_complex, compute):
 def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                         keep_strides: bool = False) -> dict:
     """The checked operands as the kernels take them. With keep_strides (the Triton backend, whose scan
-    kernels read u, delta and z through their strides) those three are not copied into a contiguous
-    layout; delta is still cast to the compute dtype."""
+    kernels read u, delta and z through their strides, in any float dtype) those three are neither
+    copied into a contiguous layout nor cast (a bf16 layer's per-step delta stays bf16); a (dim,)
+    delta is still cast to the compute dtype."""
     u = _real("u", _tensor("u", u, 3, "(batch, dim, len)"))
     batch, dim, length = u.shape
     device = u.device
@@ -89,7 +90,8 @@ def normalize_scan_args(sig: ScanSignature, u, delta, A, B, C, D=None, z=None, d
         _fail("A", f"({dim}, N): one row per channel of u", A)
     state = A.shape[1]
     compute = compute_dtype(u)
-    delta = delta.to(compute)
+    if not (keep_strides and sig.selective_dt):      # a Triton kernel reads a per-step delta in any float dtype
+        delta = delta.to(compute)
     out = {"u": u, "delta": delta} if keep_strides else {"u": u.contiguous(), "delta": delta.contiguous()}
     out["A_re"], out["A_im"] = _pair(A, sig.complex, compute)
     for name, selective in (("B", sig.selective_B), ("C", sig.selective_C)):
