@@ -330,3 +330,29 @@ def test_the_layer_passes_strided_u_z_and_delta_to_the_kernel_uncopied(schedule,
     ref = selective_scan_ref(*(inputs[k].double() for k in ("u", "delta", "A", "B", "C")), D=inputs["D"].double(),
                              z=inputs["z"].double(), delta_bias=inputs["delta_bias"].double(), delta_softplus=True)
     assert rel_error(y, ref) < TOL
+
+
+def test_empty_and_one_step_sequences_and_a_nan_input():
+    """len 0: the last state is h0 and its gradient the last state's; len 1 against the reference; a NaN in
+    u reaches the same outputs as in the reference (its own step and later), no earlier one."""
+    spec = ssmc.presets.mamba(d_state=4)
+    kernels = _kernels(spec)
+    inputs = scan_inputs(batch=2, dim=3, length=0, n_state=4, seed=1)
+    h0 = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    args = _kernel_args(kernels, inputs, h0)
+    out, state, _, ckpt, _ = kernels.scan_fwd_time_parallel(**args, chunk=8)
+    assert out.shape == (2, 3, 0) and ckpt.shape == (2, 3, 0, 4) and torch.equal(state, h0)
+    grad_state = torch.randn(2, 3, 4)
+    operands = {k: v for k, v in args.items() if k not in ("h0_re", "h0_im")}
+    grads = kernels.scan_bwd_time_parallel(torch.zeros(out.shape), grad_state, None, **operands, ckpt_re=ckpt,
+                                           ckpt_im=None, chunk=8)
+    assert torch.equal(grads[11], grad_state) and not grads[3].any()           # grad_h0, grad_A
+    _check_kernels("mamba", triton.Config({"BLOCK_D": 2, "BLOCK_T": 16}, num_warps=1),
+                   triton.Config({"BLOCK_D": 2}, num_warps=1), chunk=8, length=1)
+    inputs = scan_inputs(batch=1, dim=3, length=40, n_state=4, seed=2)
+    inputs["u"][0, 1, 17] = float("nan")
+    args = _kernel_args(kernels, inputs, torch.zeros(1, 3, 4))
+    out = kernels.scan_fwd_time_parallel(**args, chunk=0)[0]
+    ref = selective_scan_ref(*(inputs[k].double() for k in ("u", "delta", "A", "B", "C")), D=inputs["D"].double(),
+                             z=inputs["z"].double(), delta_bias=inputs["delta_bias"].double(), delta_softplus=True)
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().sum() == 23
