@@ -30,12 +30,9 @@ import subprocess
 import sys
 import time
 
+from process_memory import rss_mb
+
 CHUNK = 64
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _inputs(batch, length, heads, K, V, seed=0):
@@ -97,7 +94,7 @@ def run_case(case: dict) -> dict:
                 o.backward(torch.ones_like(o))
         return o
 
-    base = _rss_mb()
+    base = rss_mb()
     out = once()                              # warm-up: compiles ssmc's package and C library once
     times = []
     for _ in range(case["repeat"]):

@@ -23,10 +23,7 @@ import subprocess
 import sys
 import time
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from process_memory import rss_mb
 
 
 def _inputs(batch, length, heads, headdim, state, groups=1, seed=0):
@@ -68,7 +65,7 @@ def run_case(case: dict) -> dict:
                 y.backward(torch.ones_like(y))
         return y
 
-    base = _rss_mb()                          # inputs made, libraries imported; before any call
+    base = rss_mb()                          # inputs made, libraries imported; before any call
     once()                                    # warm-up: compiles ssmc's package and C library once
     times = []
     for _ in range(case["repeat"]):

@@ -45,6 +45,8 @@ import sys
 import tempfile
 import time
 
+from process_memory import memory_kib, reset_peak
+
 IMPLS = ("torch-blelloch", "torch-hillis-steele", "ssmc-associative", "ssmc-fused", "ssmc-auto")
 GRAD_NAMES = ("u", "Lambda", "B", "C", "D", "step")
 
@@ -124,23 +126,6 @@ def torch_s5(u, Lambda, B, C, D, step, scan=blelloch_scan):
 
 # ---- one case, in a fresh process ---------------------------------------------------------------
 
-def _memory_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _function(impl):
     """f(u, Lambda, B, C, D, step) -> y for one implementation."""
     if impl.startswith("torch-"):
@@ -187,8 +172,8 @@ def run_case(case: dict) -> dict:
                 y.backward(dy)
         return y, args
 
-    reset = _reset_peak()
-    base = _memory_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = reset_peak()
+    base = memory_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     once()                                                  # warm-up at full size (its output is dropped)
     times, y, args = [], None, None
     for _ in range(case["repeat"]):
@@ -196,7 +181,7 @@ def run_case(case: dict) -> dict:
         start = time.perf_counter()
         y, args = once()
         times.append((time.perf_counter() - start) * 1e3)
-    peak = _memory_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.save({"y": y.detach(), **({k: v.grad for k, v in args.items()} if backward else {})}, case["save"])
     result.update(ms=statistics.median(times), peak_mb=max(0.0, (peak - base) / 1024),
                   peak_method="VmHWM after clear_refs" if reset else "ru_maxrss", times=times)

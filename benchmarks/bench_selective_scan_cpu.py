@@ -51,6 +51,8 @@ import ssmc
 from ssmc.compiler import compile_package
 from ssmc.reference import selective_scan_ref
 
+from process_memory import memory_kib, reset_peak
+
 
 def make_inputs(batch, dim, length, n_state, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -130,23 +132,6 @@ TRAIN_IMPLEMENTATIONS = {
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def _memory_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def train_child(args):
     """One implementation's forward + backward, in this (fresh) process: prints one JSON line."""
     impl = args.child
@@ -184,8 +169,8 @@ def train_child(args):
     # memory kept by the allocator and look free)
     import gc
     gc.collect()
-    baseline = _memory_kib("VmRSS")
-    reset = _reset_peak()
+    baseline = memory_kib("VmRSS")
+    reset = reset_peak()
     warmup = args.warmup if impl == "ssmc-c" else 0
     repeat = args.repeat if impl == "ssmc-c" else args.train_slow_repeat
     for _ in range(warmup):
@@ -195,7 +180,7 @@ def train_child(args):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = _memory_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {"impl": impl, "ms": statistics.median(times) * 1e3, "runs": len(times),
               "peak_extra_mib": (peak - baseline) / 1024, "baseline_mib": baseline / 1024,
               "peak_method": "VmHWM after clear_refs" if reset else "ru_maxrss"}

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from example_common import backend_name, progress   # beside this script
 
 SHAPES = ("hbar", "vbar", "diag", "antidiag", "square", "plus", "x", "corner", "tee", "ring")
 N_CLASSES = len(SHAPES)
@@ -169,39 +170,6 @@ def evaluate(model, image, batches=8, batch_size=128, seed=12345, permutation=No
     return correct / total
 
 
-# -- progress --------------------------------------------------------------------------------------
-
-class _Progress:
-    """A line every 10% of the steps on stderr (tqdm's bar where tqdm is installed)."""
-
-    def __init__(self, total, desc):
-        self.total, self.desc, self.n, self.postfix, self.start, self.last = total, desc, 0, "", time.perf_counter(), -1
-        try:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
-        except ImportError:
-            self.bar = None
-
-    def update(self, postfix):
-        self.n += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(1)
-            return
-        decile = 10 * self.n // self.total
-        if decile != self.last or self.n == self.total:
-            self.last = decile
-            sys.stderr.write(f"{self.desc} {self.n}/{self.total} {time.perf_counter() - self.start:.0f}s {postfix}\n")
-            sys.stderr.flush()
-
-    def write(self, message):
-        (self.bar.write if self.bar is not None else lambda m: sys.stderr.write(m + "\n"))(message)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 # -- training --------------------------------------------------------------------------------------
 
 def train(steps=500, image=32, permute=False, d_model=64, d_state=64, n_layers=4, batch_size=32, lr=1e-2,
@@ -225,7 +193,7 @@ def train(steps=500, image=32, permute=False, d_model=64, d_state=64, n_layers=4
     log(f"S5: {n_params:,} parameters, d_model={d_model}, P={d_state} ({d_state // 2} complex states stored), "
         f"layers={n_layers}; {'permuted ' if permute else ''}{image}x{image} shapes (sequences of {image * image}), "
         f"batch {batch_size}, {steps} steps, lr {lr} (SSM {lr * ssm_lr_factor:g})")
-    bar = _Progress(steps, "s5") if show_progress else None
+    bar = progress(steps, "s5", show_progress)
     losses, train_acc, running = [], [], None
     start = time.perf_counter()
     for step in range(steps):
@@ -241,7 +209,8 @@ def train(steps=500, image=32, permute=False, d_model=64, d_state=64, n_layers=4
         train_acc.append((logits.argmax(-1) == labels).float().mean().item())
         running = losses[-1] if running is None else 0.9 * running + 0.1 * losses[-1]
         if bar is not None:
-            bar.update(f"loss {running:.3f} acc {sum(train_acc[-10:]) / len(train_acc[-10:]):.2f}")
+            bar.set_postfix_str(f"loss {running:.3f} acc {sum(train_acc[-10:]) / len(train_acc[-10:]):.2f}")
+            bar.update(1)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             acc = evaluate(model, image, batches=2, seed=seed + 20_000, permutation=permutation, device=device)
             message = f"step {step + 1}: loss {running:.4f}, held-out accuracy {100 * acc:.1f}%"
@@ -255,11 +224,6 @@ def train(steps=500, image=32, permute=False, d_model=64, d_state=64, n_layers=4
     eval_time = time.perf_counter() - start
     return dict(model=model, losses=losses, train_accuracy=train_acc, accuracy=accuracy, train_time=train_time,
                 eval_time=eval_time)
-
-
-def backend_name(device):
-    from ssmc.runtime.backend import select_backend
-    return select_backend(torch.device(device))
 
 
 def parse_args(argv=None):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from example_common import backend_name, progress   # beside this script
 
 BLANK, MARKER, FIRST_DATA = 0, 1, 2
 
@@ -148,52 +149,6 @@ def evaluate(model, seq_len, n_tokens, n_data, batches=8, batch_size=128, seed=1
     return correct / total
 
 
-# -- progress bar ----------------------------------------------------------------------------------
-
-class _PlainBar:
-    """A minimal stand-in for tqdm: a text bar redrawn in place (or a line every 10% off a TTY)."""
-
-    def __init__(self, total, desc=""):
-        self.total, self.desc, self.n, self.postfix = total, desc, 0, ""
-        self.start = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-        self.last_decile = -1
-
-    def set_postfix_str(self, s):
-        self.postfix = s
-
-    def update(self, n=1):
-        self.n += n
-        decile = 10 * self.n // self.total
-        if self.tty or decile != self.last_decile or self.n == self.total:
-            self.last_decile = decile
-            width = 30
-            filled = width * self.n // self.total
-            elapsed = time.perf_counter() - self.start
-            line = (f"{self.desc} [{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total} "
-                    f"{elapsed:.0f}s {self.postfix}")
-            sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
-            sys.stderr.flush()
-
-    def write(self, message):
-        sys.stderr.write(("\n" if self.tty else "") + message + "\n")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.tty:
-            sys.stderr.write("\n")
-
-
-def progress(total, desc, enabled=True):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc=desc, dynamic_ncols=True)
-    except ImportError:
-        return _PlainBar(total, desc)
-
-
 # -- training --------------------------------------------------------------------------------------
 
 def train(model_kind="mamba", steps=2000, seq_len=64, n_tokens=8, n_data=16, d_model=64, n_layers=2,
@@ -246,11 +201,6 @@ def train(model_kind="mamba", steps=2000, seq_len=64, n_tokens=8, n_data=16, d_m
     accuracy = evaluate(model, seq_len, n_tokens, n_data, batches=eval_batches, seed=seed + 10_000, device=device)
     eval_time = time.perf_counter() - start
     return dict(model=model, losses=losses, accuracy=accuracy, train_time=train_time, eval_time=eval_time)
-
-
-def backend_name(device):
-    from ssmc.runtime.backend import select_backend
-    return select_backend(torch.device(device))
 
 
 def parse_args(argv=None):

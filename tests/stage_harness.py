@@ -13,6 +13,23 @@ from ssmc.runtime.stages import StageLibrary
 _COUNTER = itertools.count()
 
 
+def assert_threads_agree(library, calls: dict, params=None):
+    """Each stage of `calls` ({stage: operands}) run with 1, 2 and 3 threads gives the same outputs, bit
+    for bit; torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        for name, operands in calls.items():
+            results = []
+            for count in (1, 2, 3):
+                torch.set_num_threads(count)
+                results.append(library.run(name, *([params] if params is not None else []), **operands))
+            for outputs in results[1:]:
+                for out, first in zip(outputs, results[0]):
+                    assert torch.equal(out, first), name
+    finally:
+        torch.set_num_threads(threads)
+
+
 def stage_library(tmp_path, files: dict, stages=None) -> StageLibrary:
     """A StageLibrary over `files` ({name: text}, e.g. render_c_stages(...)) in a fresh package."""
     stages = list(MULTIHEAD_STAGES.values()) if stages is None else stages

@@ -25,7 +25,7 @@ from ssmc.errors import ShapeError
 from ssmc.ir.gla_stages import GLA_STAGES
 from ssmc.runtime.backend import c_compiler
 from gla_stage_inputs import DECAYS, case_inputs, chunked_decays, gla_inputs, run, run_chunked
-from stage_harness import stage_library
+from stage_harness import assert_threads_agree, stage_library
 
 # CI has a C compiler, and there a missing one is a failure, never a skip
 pytestmark = pytest.mark.skipif(c_compiler() is None and not os.environ.get("CI"), reason="no C compiler")
@@ -197,18 +197,7 @@ def test_threads_agree(library, backend):
                  gla_chunk_state=dict(u=chunked["u"], cum=cum, B=chunked["B"]),
                  gla_state_passing=dict(states=states, carry=carry, h0=chunked["h0"]),
                  gla_chunk_scan=dict(u=chunked["u"], cum=cum, B=chunked["B"], C=chunked["C"], entering=states))
-    threads = torch.get_num_threads()
-    try:
-        for name, operands in calls.items():
-            results = []
-            for count in (1, 2, 3):
-                torch.set_num_threads(count)
-                results.append(library.run(name, **operands))
-            for outputs in results[1:]:
-                for out, first in zip(outputs, results[0]):
-                    assert torch.equal(out, first), name
-    finally:
-        torch.set_num_threads(threads)
+    assert_threads_agree(library, calls)
 
 
 def test_wrong_shapes_are_refused_before_any_kernel_runs(library, backend, monkeypatch):

@@ -22,7 +22,7 @@ from ssmc.backends.mimo import _render_c, _render_torch, _render_triton
 from ssmc.errors import ShapeError
 from ssmc.ir.mimo_stages import MIMO_STAGES
 from ssmc.runtime.backend import c_compiler
-from stage_harness import stage_library
+from stage_harness import assert_threads_agree, stage_library
 
 STAGES = list(MIMO_STAGES.values())
 DTYPES = {"f64": (torch.float64, 1e-12), "f32": (torch.float32, 2e-5)}
@@ -197,17 +197,7 @@ def test_c_threads_agree(library, backend):
              "mimo_fused": dict(u=normal(4, 200, 100, gen=gen), Bt=normal(100, 20, 2, gen=gen),
                                 scale=normal(4, 200, 20, 2, gen=gen), decay=decays(4, 200, 20, 2, gen=gen),
                                 C=normal(100, 20, 2, gen=gen))}
-    threads = torch.get_num_threads()
-    try:
-        for name, operands in calls.items():
-            results = []
-            for count in (1, 2, 3):
-                torch.set_num_threads(count)
-                results.append(library.run(name, {"reverse": 1}, **operands))
-            for outputs in results[1:]:
-                assert torch.equal(outputs[0], results[0][0]), name
-    finally:
-        torch.set_num_threads(threads)
+    assert_threads_agree(library, calls, {"reverse": 1})
 
 
 @pytest.mark.skipif(not HAVE_C, reason="no C compiler")

@@ -11,7 +11,6 @@ time) of the Triton backend, under the interpreter, against the float64 referenc
   bit-identical across runs and program orders.
 - Native dtypes and strides: bf16 u and z read as they are; a strided u needs no copy.
 """
-import itertools
 import random
 
 import pytest
@@ -30,13 +29,13 @@ from test_backward_triton import CASES, TOL, _gradients, _initial_state
 LENGTH = 37          # 3 chunks of 8 and a part, two tiles of 16 and a part
 
 
-@pytest.fixture
-def shuffled_programs(monkeypatch):
-    """Every launch in the interpreter runs its programs (a one-axis grid) in a random order."""
+def _shuffle_programs(patch, seed):
+    """From now on (until `patch`, a monkeypatch, is undone) every launch in the interpreter runs its
+    programs (a one-axis grid) in a random order drawn from `seed`."""
     builder = interpreter.interpreter_builder
     set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx
     order = {}
-    rng = random.Random(0)
+    rng = random.Random(seed)
 
     def shuffled_dim(nx, ny, nz):
         order["x"] = rng.sample(range(nx), nx)
@@ -45,8 +44,26 @@ def shuffled_programs(monkeypatch):
     def shuffled_idx(x, y, z):
         return set_idx(order["x"][x], y, z)
 
-    monkeypatch.setattr(builder, "set_grid_dim", shuffled_dim)
-    monkeypatch.setattr(builder, "set_grid_idx", shuffled_idx)
+    patch.setattr(builder, "set_grid_dim", shuffled_dim)
+    patch.setattr(builder, "set_grid_idx", shuffled_idx)
+
+
+@pytest.fixture
+def shuffled_programs(monkeypatch):
+    _shuffle_programs(monkeypatch, 0)
+
+
+def _record_launches(monkeypatch, kernels, name, record):
+    """Replace the kernel `name` of `kernels` by one that calls `record(args)` before each launch."""
+    kernel = getattr(kernels, name)
+
+    class Recorded:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                record(args)
+                return kernel[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(kernels, name, Recorded())
 
 
 def _kernels(spec, schedule="scan"):
@@ -207,13 +224,7 @@ def test_deterministic_mode_sums_per_program_in_a_fixed_order(backend, monkeypat
     try:
         for seed in (0, 1):
             with monkeypatch.context() as patch:
-                rng = random.Random(seed)
-                builder = interpreter.interpreter_builder
-                set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx
-                order = {}
-                patch.setattr(builder, "set_grid_dim",
-                              lambda nx, ny, nz: (order.update(x=rng.sample(range(nx), nx)), set_dim(nx, ny, nz))[1])
-                patch.setattr(builder, "set_grid_idx", lambda x, y, z: set_idx(order["x"][x], y, z))
+                _shuffle_programs(patch, seed)
                 torch.manual_seed(0)                  # the same loss weights in both runs
                 runs.append(_gradients(spec, inputs, "mamba", h0=_initial_state(spec, 2, 12)))
     finally:
@@ -283,20 +294,13 @@ def test_a_bf16_layer_s_delta_reaches_the_kernel_uncast(schedule, backend, monke
     for key in ("u", "delta", "z"):
         inputs[key] = inputs[key].to(torch.bfloat16)
     name = "_scan_fwd_tiled_kernel" if schedule == "time_parallel" else "_scan_fwd_kernel"
-    kernel, seen = getattr(kernels, name), []
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append(args[1].data_ptr())                     # delta
-                return kernel[grid](*args, **kwargs)
-            return launch
-    monkeypatch.setattr(kernels, name, Spy())
-    with torch.no_grad():
-        compile_package(spec, "scan").apply(*(inputs[k] for k in ("u", "delta", "A", "B", "C")), D=inputs["D"],
-                                            z=inputs["z"], delta_bias=inputs["delta_bias"])
+    seen = []
+    with monkeypatch.context() as patch:
+        _record_launches(patch, kernels, name, lambda args: seen.append(args[1].data_ptr()))      # delta
+        with torch.no_grad():
+            compile_package(spec, "scan").apply(*(inputs[k] for k in ("u", "delta", "A", "B", "C")),
+                                                D=inputs["D"], z=inputs["z"], delta_bias=inputs["delta_bias"])
     assert seen == [inputs["delta"].data_ptr()]
-    monkeypatch.setattr(kernels, name, kernel)
     for grad_name, grad, ref in _gradients(spec, inputs, "mamba", h0=_initial_state(spec, 2, 6)):
         assert rel_error(grad, ref) < (1e-2 if grad_name in ("u", "delta", "z") else TOL), grad_name
 
@@ -315,15 +319,8 @@ def test_the_layer_passes_strided_u_z_and_delta_to_the_kernel_uncopied(schedule,
     delta = torch.cat([inputs["delta"], torch.full_like(inputs["delta"], float("nan"))], dim=1)[:, :6]
     assert not (u.is_contiguous() or z.is_contiguous() or delta.is_contiguous())
     name = "_scan_fwd_tiled_kernel" if schedule == "time_parallel" else "_scan_fwd_kernel"
-    kernel, seen = getattr(kernels, name), []
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append([a.data_ptr() for a in args[:3]])        # u, delta, z
-                return kernel[grid](*args, **kwargs)
-            return launch
-    monkeypatch.setattr(kernels, name, Spy())
+    seen = []
+    _record_launches(monkeypatch, kernels, name, lambda args: seen.append([a.data_ptr() for a in args[:3]]))
     y = compile_package(spec, "scan").apply(u, delta, inputs["A"], inputs["B"], inputs["C"], D=inputs["D"], z=z,
                                              delta_bias=inputs["delta_bias"])
     assert seen == [[u.data_ptr(), delta.data_ptr(), z.data_ptr()]]

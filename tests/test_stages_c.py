@@ -21,7 +21,7 @@ from ssmc.ir.stages import CHUNK_STATE, MULTIHEAD_STAGES, SSD_SCAN, Operand, Sta
 from ssmc.reference_ssd import (core_chunk_inputs, core_chunk_scan_ref, core_chunk_state_ref,
                                 core_state_passing_ref, ssd_core_ref)
 from ssmc.runtime.backend import c_compiler
-from stage_harness import core_inputs, stage_library, run_chunked
+from stage_harness import assert_threads_agree, core_inputs, run_chunked, stage_library
 
 # CI has a C compiler, and there a missing one is a failure, never a skip
 pytestmark = pytest.mark.skipif(c_compiler() is None and not os.environ.get("CI"), reason="no C compiler")
@@ -160,18 +160,7 @@ def test_threads_agree(library, backend):
                  state_passing=dict(states=torch.randn(*_state_shape(ops, cum.shape[2])), carry=carry, h0=ops["h0"]),
                  chunk_scan=dict(u=ops["u"], cum=cum, B=ops["B"], C=ops["C"], seq_idx=ops["seq_idx"],
                                  entering=torch.randn(*_state_shape(ops, cum.shape[2])), entering_ids=entering_ids))
-    threads = torch.get_num_threads()
-    try:
-        for name, operands in calls.items():
-            results = []
-            for count in (1, 2, 3):
-                torch.set_num_threads(count)
-                results.append(library.run(name, **operands))
-            for outputs in results[1:]:
-                for out, first in zip(outputs, results[0]):
-                    assert torch.equal(out, first), name
-    finally:
-        torch.set_num_threads(threads)
+    assert_threads_agree(library, calls)
 
 
 def test_group_counts_that_do_not_divide_heads_are_refused(library, backend):

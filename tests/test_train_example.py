@@ -7,6 +7,7 @@ Everything runs on the generated PyTorch backend, so it does not depend on the C
 """
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,22 @@ MAMBA_KEYS = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x
               "dt_proj.weight", "dt_proj.bias", "out_proj.weight"}
 
 
+def _load(path):
+    """An example script as a module (examples/ is not a package; its scripts import their shared
+    helpers from beside them, as they do when run)."""
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_selective_copy", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load(EXAMPLE)
 
 
 def mamba_forward_from_equations(m, x):
@@ -171,10 +182,7 @@ S5_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_s5.py"
 
 @pytest.fixture(scope="module")
 def s5_example():
-    spec = importlib.util.spec_from_file_location("train_s5", S5_EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load(S5_EXAMPLE)
 
 
 def test_s5_shapes_batch_invariants(s5_example):

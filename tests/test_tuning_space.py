@@ -34,6 +34,10 @@ def test_the_backward_keeps_fewer_tiles_per_thread_and_complex_states_twice_fewe
 
 
 def test_the_backward_tile_along_time_is_the_checkpoint_chunk_not_tuned():
+    # the compiler (ir) cannot import the runtime: its copy of the chunk must be the runtime's
+    import ssmc.ir.tuning_space as tuning_space
+    import ssmc.runtime.ops as runtime_ops
+    assert tuning_space.CHECKPOINT_CHUNK == runtime_ops.CHECKPOINT_CHUNK
     kept, _ = plan_configs("scan_tiled_bwd", TILED_AXES, 16, False)
     assert kept and all(set(config) == {"BLOCK_D", "num_warps"} for config in kept)
 
