@@ -20,8 +20,9 @@ decay -> decay_re, ...; the imaginary parts are 0.0). Two rewrites happen on the
   (channel, state, step) and no extra multiply. An exponent is recognised through the block's common
   subexpressions (`gtmp0 = A*dt; exp(gtmp0)` folds too); one that is not a multiple of A stays
   `tl.exp` (which Triton lowers to a multiply and an exp2 itself).
-- the schedule's tunable axes become each scan kernel's `triton.autotune` configs, planned by
-  `ir/tuning_space.py` from the spec's state size (idle threads and register spills pruned).
+- the schedule's tunable axes become each scan kernel's (and the decoding step's) `triton.autotune`
+  configs, planned by `ir/tuning_space.py` from the spec's state size (idle threads and register spills
+  pruned).
 
 Training: the scan's backward kernel calls the plan's derived gradient helpers (`grad_epilogue_block`,
 `grad_discretize_block` with the same exp -> exp2 folding, `grad_dt_block`) around the template's
@@ -45,6 +46,7 @@ KERNEL_NAMES = {"scan": "scan_kernel", "conv": "conv_kernel"}
 DEFAULT_SPACES = {
     "scan_kernel": {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]},
     "scan_tiled_kernel": {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]},
+    "scan_step_kernel": {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]},
     "conv_kernel": {"BLOCK_L": [64, 128, 256], "BLOCK_N": [16, 32, 64]},
 }
 
@@ -149,12 +151,13 @@ def _returns(block, names, optional=()) -> str:
 # each scan kernel's configs (the module's name for them, the planner's kernel, the schedule's axes)
 PLANNED_CONFIGS = (("SCAN_FWD_CONFIGS", "scan_fwd", "scan_kernel"), ("SCAN_BWD_CONFIGS", "scan_bwd", "scan_kernel"),
                    ("TILED_FWD_CONFIGS", "scan_tiled_fwd", "scan_tiled_kernel"),
-                   ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_kernel"))
+                   ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_kernel"),
+                   ("STEP_CONFIGS", "scan_step", "scan_step_kernel"))
 
 
 def _configs_text(lowered, scan) -> str:
-    """The scan kernels' autotune configs as planned by ir/tuning_space.py from the schedule's axes and
-    the spec's state size, one commented list per kernel."""
+    """The scan kernels' (and the decoding step's) autotune configs as planned by ir/tuning_space.py from
+    the schedule's axes and the spec's state size, one commented list per kernel."""
     lines = []
     for variable, kernel, axes in PLANNED_CONFIGS:
         kept, pruned = plan_configs(kernel, _tunables(lowered, axes), lowered.spec.d_state, scan.complex)
@@ -162,6 +165,17 @@ def _configs_text(lowered, scan) -> str:
         lines += [f"    dict({', '.join(f'{k}={v}' for k, v in config.items())})," for config in kept]
         lines.append("]")
     return "\n".join(lines)
+
+
+def scale_is_dt(discretize, scan) -> bool:
+    """Whether the plan's input scale is dt itself (Mamba's Euler step for B: b = dt·B·x): then it is one
+    number per channel, and the kernels use it so: B·(dt·x) in one product per element, and the
+    gradients of x and of the scale both from one sum over the states of G·B."""
+    if scan.complex:
+        return False
+    values = dict(discretize)
+    scale = values.get("scale_re")
+    return scale is not None and isinstance(scale, sympy.Symbol) and scale.name == "dt" and "scale_im" not in values
 
 
 def _scan_context(lowered, scan) -> dict:
@@ -183,7 +197,7 @@ def _scan_context(lowered, scan) -> dict:
     _returns(scan.dt_block, ("dt",))            # raises unless the block assigns dt (and out, below)
     _returns(scan.epilogue_block, ("out",))
     return dict(
-        flags=_flags_text(scan), configs=_configs_text(lowered, scan),
+        flags=_flags_text(scan), configs=_configs_text(lowered, scan), scale_is_dt=scale_is_dt(discretize, scan),
         dt_lines=lines(scan.dt_block), discretize_lines=lines(discretize),
         discretize_returns=_returns(discretize, ("decay_re", "decay_im", "scale_re", "scale_im"), IMAGINARY),
         epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),
@@ -196,7 +210,7 @@ def _scan_context(lowered, scan) -> dict:
 
 
 SCAN_TEMPLATES = ("scan_plan", "scan_common", "scan_fwd", "scan_bwd", "scan_tiled_common", "scan_schedule",
-                  "scan_tiled_fwd", "scan_tiled_bwd", "scan_step")
+                  "scan_tiled_fwd", "scan_tiled_bwd", "scan_tiled_bwd_launch", "scan_step")
 CONV_TEMPLATES = ("vandermonde", "vandermonde_bwd")
 
 

@@ -17,6 +17,11 @@ unless
 the kernels (benchmarks/RESULTS.md): the sequential forward uses 80 / 128 registers at 8 / 16 elements
 per thread (6 tiles), its backward 147 / 255 (13 tiles); the time-parallel forward alike (6), its
 backward, whose two scans carry four values each, spills at 16 elements per thread (14 tiles).
+The decoding step (`scan_step`, one token: no time loop) is an estimate, not yet measured: it keeps A,
+the decay, the input scale, B, C and the state in one (BLOCK_D, N_PAD) tile each, the scale and B
+folding into sB before the state is advanced, so about 6 tiles are live at its peak, like the forward.
+Its channel block ranges over 1..256 (the scan kernels' 8..128 walk a sequence; the step launches one
+program per block and batch element, so a small block is what fills the GPU at small decode batches).
 Shared memory is not a limit here (the report measures at most 1 KiB per program).
 """
 from __future__ import annotations
@@ -51,6 +56,7 @@ MODELS = {
     "scan_tiled_fwd": KernelModel("scan_tiled_fwd", ("BLOCK_D", "BLOCK_T"), 6),
     "scan_tiled_bwd": KernelModel("scan_tiled_bwd", ("BLOCK_D", "BLOCK_T"), 14,
                                   fixed=(("BLOCK_T", CHECKPOINT_CHUNK),)),
+    "scan_step": KernelModel("scan_step", ("BLOCK_D",), 6),     # estimated (see above), not measured
 }
 
 

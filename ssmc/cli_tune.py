@@ -8,8 +8,11 @@ median of a few runs after a warm-up), one progress line per config, then a tabl
 forward+backward time, or forward with `--objective forward`) is stored for the shape's bucket.
 A SISO spec's Triton scan has two schedules (sequential, time-parallel): on the Triton backend (a GPU)
 both are timed the same way and the winner stored, which the package's kernels read per shape bucket;
-its scan/convolution choice stays the cost model's, and on the C and torch backends a SISO spec has
-nothing to tune (reported as skipped).
+then its decoding step (`scan_step`, one token at the shape's batch and dim) is timed in every config the
+compiler planned for it (STEP_CONFIGS, those no wider than the channels) and the fastest stored as the
+step stage's config for its (batch, dim, state) bucket, which the package's `scan_step` runs instead of
+Triton's autotuner. Its scan/convolution choice stays the cost model's, and on the C and torch backends
+a SISO spec has nothing to tune (reported as skipped).
 """
 from __future__ import annotations
 
@@ -113,6 +116,93 @@ def _workload(module, family: str, spec, shape: dict, device):
     return sizes, run
 
 
+# decoding steps per timed run: one step is a few microseconds on a GPU, below the timer's resolution
+STEP_CALLS = 50
+
+
+def _step_operands(kernels, spec, batch: int, dim: int, device) -> dict:
+    """Random operands of the Triton `scan_step` launcher (the kernel's own forms, by the package's flags) for
+    one decoding step at (batch, dim), the state zeros."""
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    flags, n_state = kernels.SCAN_FLAGS, spec.d_state
+    groups = getattr(spec, "groups", 1) or 1
+    groups = groups if dim % groups == 0 else 1
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device)
+
+    def pair(*shape):
+        return randn(*shape), (randn(*shape) if flags["IS_COMPLEX"] else None)
+
+    operands = dict(u=randn(batch, dim))
+    operands["delta"] = 0.5 * randn(batch, dim) if flags["DT_VARIES"] else 0.01 + 0.1 * randn(dim).abs()
+    operands["dt_bias"] = 0.1 * randn(dim) if flags["HAS_DT_BIAS"] else None
+    operands["A_re"] = -0.1 - randn(dim, n_state).abs()
+    operands["A_im"] = 3 * randn(dim, n_state) if flags["IS_COMPLEX"] else None
+    for name in ("B", "C"):
+        operands[f"{name}_re"], operands[f"{name}_im"] = pair(
+            *((batch, groups, n_state) if flags[f"{name}_VARIES"] else (dim, n_state)))
+    operands["D"] = randn(dim) if flags["HAS_D"] else None
+    operands["z"] = randn(batch, dim) if flags["HAS_Z"] else None
+    operands["h_re"] = torch.zeros(batch, dim, n_state, device=device)
+    operands["h_im"] = torch.zeros(batch, dim, n_state, device=device) if flags["IS_COMPLEX"] else None
+    return operands
+
+
+def step_configs(kernels, dim: int) -> list:
+    """The planned step configs (dicts) a call with `dim` channels can use: as the autotuner's early pruner,
+    no wider than next_power_of_2(dim), the narrowest always kept."""
+    narrowest = min(config["BLOCK_D"] for config in kernels.STEP_CONFIGS)
+    widest = max(1 << max(dim - 1, 0).bit_length(), narrowest)
+    return [config for config in kernels.STEP_CONFIGS if config["BLOCK_D"] <= widest]
+
+
+def _config_label(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def tune_step(variable: str, spec, module, shape: dict, device, warmup: int = 1, repeats: int = 3,
+              out=print) -> dict | None:
+    """Time the SISO Triton package's decoding step (`scan_step`, one token at the shape's batch and dim) in
+    each planned config, store the fastest as the stage's config for the (batch, dim, state) bucket;
+    returns the stored entry (None when it could not be stored)."""
+    import torch
+
+    from .runtime import tuning
+    kernels = module.KERNELS.get("triton")
+    batch, dim = shape["batch"], shape["dim"]
+    sizes = {"batch": batch, "dim": dim, "state": spec.d_state}
+    operands = _step_operands(kernels, spec, batch, dim, device)
+    configs = step_configs(kernels, dim)
+    calls = 1 if kernels.INTERPRETED else STEP_CALLS
+    out(f"{variable}: decoding step (scan_step) at batch={batch}, dim={dim}, state={spec.d_state}: "
+        f"{len(configs)} planned configs")
+    results = []
+    with torch.no_grad():
+        for number, config in enumerate(configs, 1):
+            launch = kernels.step_config(config)
+
+            def run():
+                for _ in range(calls):
+                    kernels.scan_step_launch(**operands, config=launch)
+            seconds = _time(run, device, warmup, repeats) / calls
+            results.append((config, seconds))
+            out(f"  [{number}/{len(configs)}] {_config_label(config):<24} step {seconds * 1e6:10.2f} us")
+    best = min(results, key=lambda r: r[1])
+    out(f"\n  {'step config':<24} {'us':>10}")
+    for config, seconds in results:
+        out(f"  {_config_label(config):<24} {seconds * 1e6:10.2f}{'  <- winner' if config == best[0] else ''}")
+    stored = {"config": dict(best[0]), "step_s": best[1], "shape": sizes, "repeats": repeats,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = tuning.store(module.TUNING.key, "triton", sizes, stored, stage="scan_step")
+    if path is None:
+        out("  not stored: a file that ssmc did not write is in the way (see the warning)")
+        return None
+    out(f"  stored step {_config_label(best[0])} for bucket {tuning.bucket(sizes)} in {path}")
+    return stored
+
+
 def _label(candidate) -> str:
     if isinstance(candidate, tuple):
         name, chunk = candidate
@@ -123,7 +213,8 @@ def _label(candidate) -> str:
 def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 3, objective: str = "train",
               out=print) -> dict | None:
     """Time every (candidate, threads) of `spec` at `shape`, store the winner; returns the stored choice
-    (None for a spec with nothing to tune)."""
+    (None for a spec with nothing to tune). A SISO spec on Triton then has its decoding step tuned
+    (`tune_step`), stored as that stage's own entry."""
     import torch
 
     from .compiler import compile_package
@@ -182,6 +273,9 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     else:
         out(f"  stored {_label(candidate)} threads={threads or '-'} for bucket {tuning.bucket(sizes)} in {path}")
     out("")
+    if family == "siso":
+        tune_step(variable, spec, module, full, device, warmup=warmup, repeats=repeats, out=out)
+        out("")
     return stored
 
 

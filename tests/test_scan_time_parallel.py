@@ -234,6 +234,40 @@ def test_deterministic_mode_sums_per_program_in_a_fixed_order(backend, monkeypat
         assert torch.equal(grad, again), grad_name
 
 
+def test_deterministic_sums_go_through_in_slices_of_the_batch(monkeypatch):
+    """With PARTIAL_SUM_BYTES below one batch element's rows, the deterministic backward launches once per
+    batch element; its gradients equal the one-launch run's bit for bit, and the reference."""
+    spec = ssmc.presets.mamba(d_state=4)
+    kernels = _kernels(spec)
+    inputs = scan_inputs(batch=3, dim=12, length=LENGTH, n_state=4, seed=5)
+    h0 = _initial_state(spec, 3, 12)
+    args = _kernel_args(kernels, inputs, h0)
+    chunk = 8
+    _, _, _, ckpt_re, ckpt_im = kernels.scan_fwd_sequential(**args, chunk=chunk)
+    gen = torch.Generator().manual_seed(12)
+    grad_out, grad_state = torch.randn(3, 12, LENGTH, generator=gen), torch.randn(3, 12, 4, generator=gen)
+    bwd_args = {k: v for k, v in args.items() if k not in ("h0_re", "h0_im")}
+    ref_grads = _reference(spec, inputs, h0, "mamba", grad_out, grad_state)[2]
+    runs = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for budget in (kernels.PARTIAL_SUM_BYTES, 1):
+            launches = []
+            with monkeypatch.context() as patch:
+                patch.setattr(kernels, "PARTIAL_SUM_BYTES", budget)
+                _record_launches(patch, kernels, "_scan_bwd_tiled_untuned", lambda args: launches.append(args[3].shape))
+                runs.append(kernels.scan_bwd_time_parallel(grad_out, grad_state, None, **bwd_args, ckpt_re=ckpt_re,
+                                                           ckpt_im=ckpt_im, chunk=chunk))
+            assert launches == ([(3, 12, LENGTH)] if budget > 1 else [(1, 12, LENGTH)] * 3)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for whole, sliced in zip(*runs):
+        assert (whole is None) == (sliced is None)
+        assert whole is None or torch.equal(whole, sliced)
+    for operand, grad in _kernel_grads(spec, runs[1]).items():
+        assert rel_error(grad, ref_grads[operand]) < TOL, operand
+
+
 def test_half_precision_inputs_are_read_as_they_are(backend, monkeypatch):
     """bf16 u, delta and z go to the kernel uncast; the output is written in the compute dtype."""
     spec = ssmc.presets.mamba(d_state=4)

@@ -53,6 +53,28 @@ def test_round_trip_and_bucket_sharing():
     assert tuning.lookup(key, "c", {**sizes, "batch": 9})["pipeline"] == "sequential"
 
 
+def test_a_stage_s_entries_live_beside_the_schedule_s_in_one_file():
+    """A stage's config (the SISO step's) is its own entry, keyed by stage; a file written before stages
+    existed (schedule entries only, same schema version) reads as before and has no stage entries."""
+    key = _key()
+    sizes = {"batch": 8, "dim": 1536, "state": 16}
+    path = tuning.cache_file(key, "triton")
+    old = {**tuning._identity(key, "triton"), "entries": {"triton|batch=8,dim=2048,len=1024,state=16":
+                                                           {"pipeline": "sequential", "chunk": None}}}
+    path.write_text(json.dumps(old))
+    schedule_sizes = {**sizes, "len": 1000}
+    assert tuning.lookup(key, "triton", schedule_sizes)["pipeline"] == "sequential"
+    assert tuning.lookup(key, "triton", sizes, stage="scan_step") is None
+    step = {"config": {"BLOCK_D": 8, "num_warps": 2}, "step_s": 1e-5}
+    assert tuning.store(key, "triton", sizes, step, stage="scan_step") == path
+    tuning.forget()
+    assert tuning.lookup(key, "triton", {**sizes, "batch": 7}, stage="scan_step") == step    # the same bucket
+    assert tuning.lookup(key, "triton", schedule_sizes)["pipeline"] == "sequential"           # kept
+    assert tuning.lookup(key, "triton", sizes) is None              # the schedule's key is not the stage's
+    assert set(json.loads(path.read_text())["entries"]) == {"triton|batch=8,dim=2048,len=1024,state=16",
+                                                            "triton/scan_step|batch=8,dim=2048,state=16"}
+
+
 WRITER = textwrap.dedent("""
     import sys
     from ssmc.runtime import tuning
@@ -193,6 +215,11 @@ def test_siso_scan_schedule_is_tuned_on_triton_and_followed(backend, monkeypatch
     module = compile_package(spec, "auto")
     sizes = {"batch": 1, "dim": 4, "len": 20, "state": 4}
     assert tuning.lookup(module.TUNING.key, "triton", sizes)["pipeline"] == stored["pipeline"]
+    # the decoding step too (4 channels: one planned config no wider than them, the narrowest)
+    assert "decoding step (scan_step) at batch=1, dim=4, state=4: 1 planned configs" in text
+    assert "stored step BLOCK_D=8 num_warps=1" in text
+    step = tuning.lookup(module.TUNING.key, "triton", {"batch": 1, "dim": 4, "state": 4}, stage="scan_step")
+    assert step["config"] == module.KERNELS.get("triton").STEP_CONFIGS[0]
     # follow a stored time-parallel winner (the shipped preference is sequential); the interpreter normally
     # keeps the shipped default, so pretend to be compiled
     tuning.store(module.TUNING.key, "triton", sizes, {"pipeline": "time_parallel", "chunk": None, "threads": None})
@@ -212,6 +239,63 @@ def test_siso_scan_schedule_is_tuned_on_triton_and_followed(backend, monkeypatch
     ref = selective_scan_ref(*(t.double() for t in (u, delta, A, B, C)), D=D.double(), z=z.double(),
                              delta_bias=bias.double(), delta_softplus=True)
     assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_siso_step_is_tuned_and_a_stored_winner_followed(backend, monkeypatch):
+    """`tune_step` times every planned step config no wider than the channels (16 here: 3 of them at N 4)
+    and stores the fastest; the package's `scan_step` then launches the stored config for that (batch, dim,
+    state) bucket, and Triton's autotuner elsewhere, or where the stored config is not a planned one."""
+    from ssmc.cli_tune import tune_step
+    from ssmc.reference import selective_scan_ref
+    backend("triton")
+    spec = ssmc.presets.mamba(d_state=4, name="tuned_step")
+    module = compile_package(spec, "auto")
+    kernels = module.KERNELS.get("triton")
+    lines = []
+    stored = tune_step("m1", spec, module, {"batch": 2, "dim": 16}, torch.device("cpu"), warmup=0, repeats=1,
+                       out=lines.append)
+    text = "\n".join(lines)
+    assert "3 planned configs" in text and "[3/3] BLOCK_D=16 num_warps=2" in text and "<- winner" in text
+    sizes = {"batch": 2, "dim": 16, "state": 4}
+    assert tuning.lookup(module.TUNING.key, "triton", sizes, stage="scan_step") == stored
+    assert stored["config"] in kernels.STEP_CONFIGS and stored["config"]["BLOCK_D"] <= 16
+    # follow a stored winner (not the interpreter's first config); the interpreter normally keeps the
+    # autotuner's, so pretend to be compiled
+    winner = {"BLOCK_D": 16, "num_warps": 2}
+    assert winner in kernels.STEP_CONFIGS and winner != kernels.STEP_CONFIGS[0]
+    tuning.store(module.TUNING.key, "triton", sizes, {"config": winner}, stage="scan_step")
+    tuning.forget()
+    monkeypatch.setattr(tuning, "_interpreted", lambda: False)
+    launched = []
+    original = kernels.scan_step_launch
+
+    def spy(*args, **kwargs):
+        config = args[-1] if len(args) == 14 else kwargs.get("config")
+        launched.append(None if config is None else {**config.kwargs, "num_warps": config.num_warps})
+        return original(*args, **kwargs)
+    monkeypatch.setattr(kernels, "scan_step_launch", spy)
+    gen = torch.Generator().manual_seed(5)
+    u, delta, z = (torch.randn(2, 16, 1, generator=gen) for _ in range(3))
+    A, B, C = -torch.rand(16, 4, generator=gen) - 0.5, torch.randn(2, 1, 4, 1, generator=gen), \
+        torch.randn(2, 1, 4, 1, generator=gen)
+    D, bias, h0 = torch.randn(16, generator=gen), torch.randn(16, generator=gen), torch.randn(2, 16, 4, generator=gen)
+    state = h0.clone()
+    y = module.step(u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], state, D=D, z=z[..., 0], delta_bias=bias)
+    assert launched == [winner]
+    y_ref, h_ref = selective_scan_ref(*(t.double() for t in (u, delta, A, B, C)), D=D.double(), z=z.double(),
+                                      delta_bias=bias.double(), delta_softplus=True, initial_state=h0.double(),
+                                      return_last_state=True)
+    assert ((y.double() - y_ref[..., 0]).norm() / y_ref.norm()).item() < 1e-5
+    assert ((state.double() - h_ref).norm() / h_ref.norm()).item() < 1e-5
+    # another bucket (batch 3 -> 4): nothing stored, the autotuner's
+    module.step(u[:1, :, 0].expand(3, 16), delta[:1, :, 0].expand(3, 16), A, B[:1, ..., 0].expand(3, 1, 4),
+                C[:1, ..., 0].expand(3, 1, 4), torch.zeros(3, 16, 4), D=D, z=z[:1, :, 0].expand(3, 16),
+                delta_bias=bias)
+    assert launched[-1] is None
+    # a stored config that is not one of the planned ones (another compiler's): ignored
+    tuning.store(module.TUNING.key, "triton", sizes, {"config": {"BLOCK_D": 3, "num_warps": 1}}, stage="scan_step")
+    module.step(u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], state, D=D, z=z[..., 0], delta_bias=bias)
+    assert launched[-1] is None
 
 
 def test_siso_spec_on_the_c_backend_has_nothing_to_tune(backend):

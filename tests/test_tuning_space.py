@@ -5,10 +5,11 @@ import pytest
 
 import ssmc
 from ssmc.compiler import compile_package
-from ssmc.ir.tuning_space import MODELS, REGISTER_LIMIT, estimated_registers, plan_configs
+from ssmc.ir.tuning_space import MODELS, REGISTER_LIMIT, config_comment, estimated_registers, plan_configs
 
 SEQUENTIAL_AXES = {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}
 TILED_AXES = {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
+STEP_AXES = {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]}
 
 
 def test_the_sm90_report_s_spilling_and_idle_configs_are_pruned():
@@ -42,6 +43,28 @@ def test_the_backward_tile_along_time_is_the_checkpoint_chunk_not_tuned():
     assert kept and all(set(config) == {"BLOCK_D", "num_warps"} for config in kept)
 
 
+def test_the_decoding_step_is_planned_with_the_same_rules():
+    """Mamba-1's decode (N 16): the old fixed block (4096 // 16 = 256 channels, capped by dim) gave
+    batch 8 x dim 1536 only 48 programs on a 132-SM GPU; the planned list reaches down to 2 channels (32
+    elements, one warp), keeps the widest block only where its registers fit (256 channels on 8 warps: 16
+    elements per thread), and prunes blocks with idle threads or too many elements per thread."""
+    kept, pruned = plan_configs("scan_step", STEP_AXES, 16, False)
+    model = MODELS["scan_step"]
+    assert {"BLOCK_D": 2, "num_warps": 1} == kept[0]                # the interpreter's config: the smallest
+    assert {"BLOCK_D": 1, "num_warps": 1} not in kept               # 16 elements for 32 threads
+    assert {"BLOCK_D": 256, "num_warps": 8} in kept and {"BLOCK_D": 256, "num_warps": 1} not in kept
+    assert pruned == {"idle threads": 10, "registers": 3}
+    assert len(kept) + sum(pruned.values()) == len(STEP_AXES["BLOCK_D"]) * len(STEP_AXES["num_warps"])
+    for config in kept:
+        elements, threads, registers = estimated_registers(model, config, 16, False)
+        assert threads <= elements and registers <= REGISTER_LIMIT
+    programs = max(-(-1536 // c["BLOCK_D"]) * 8 for c in kept)
+    assert programs >= 4 * 132
+    # complex states count twice: fewer wide blocks survive
+    complex_kept, complex_pruned = plan_configs("scan_step", STEP_AXES, 16, True)
+    assert set(map(str, complex_kept)) < set(map(str, kept)) and complex_pruned["registers"] > pruned["registers"]
+
+
 def test_a_state_too_wide_for_every_config_keeps_the_smallest():
     kept, pruned = plan_configs("scan_tiled_bwd", TILED_AXES, 4096, True)
     assert kept == [{"BLOCK_D": 1, "num_warps": 1}]
@@ -53,14 +76,22 @@ def test_a_state_too_wide_for_every_config_keeps_the_smallest():
 def test_the_generated_module_runs_the_planned_configs(spec):
     kernels = compile_package(spec, "scan").KERNELS.get("triton")
     for variable, kernel in (("SCAN_FWD_CONFIGS", "scan_fwd"), ("SCAN_BWD_CONFIGS", "scan_bwd"),
-                             ("TILED_FWD_CONFIGS", "scan_tiled_fwd"), ("TILED_BWD_CONFIGS", "scan_tiled_bwd")):
-        axes = TILED_AXES if "tiled" in kernel else SEQUENTIAL_AXES
+                             ("TILED_FWD_CONFIGS", "scan_tiled_fwd"), ("TILED_BWD_CONFIGS", "scan_tiled_bwd"),
+                             ("STEP_CONFIGS", "scan_step")):
+        axes = TILED_AXES if "tiled" in kernel else STEP_AXES if kernel == "scan_step" else SEQUENTIAL_AXES
         assert getattr(kernels, variable) == plan_configs(kernel, axes, spec.d_state, spec.is_complex)[0], variable
     # the autotuners hold the planned configs (the first alone under the interpreter)
-    first = kernels.SCAN_FWD_CONFIGS[0]
-    config = kernels._scan_fwd_kernel.configs[0]
-    assert config.kwargs == {k: v for k, v in first.items() if k != "num_warps"}
-    assert config.num_warps == first["num_warps"]
+    for variable, autotuner in (("SCAN_FWD_CONFIGS", kernels._scan_fwd_kernel),
+                                ("STEP_CONFIGS", kernels._scan_step_kernel)):
+        first = getattr(kernels, variable)[0]
+        config = autotuner.configs[0]
+        assert config.kwargs == {k: v for k, v in first.items() if k != "num_warps"}
+        assert config.num_warps == first["num_warps"]
+    # each list is printed with what was pruned and why
+    import inspect
+    source = inspect.getsource(kernels)
+    kept, pruned = plan_configs("scan_step", STEP_AXES, spec.d_state, spec.is_complex)
+    assert config_comment("scan_step", kept, pruned) + "\nSTEP_CONFIGS = [" in source
 
 
 def test_every_autotuned_kernel_keeps_its_winners_across_processes():
@@ -70,5 +101,6 @@ def test_every_autotuned_kernel_keeps_its_winners_across_processes():
     import inspect
     kernels = compile_package(ssmc.SSM("s4dv", 4, A=ssmc.Diagonal(real=False)), "auto").KERNELS.get("triton")
     source = inspect.getsource(kernels)
-    assert source.count("triton.autotune(") == 6            # scan fwd/bwd, tiled fwd/bwd, Vandermonde fwd/bwd
-    assert source.count("cache_results=True") == 6
+    # scan fwd/bwd, tiled fwd/bwd, the decoding step, Vandermonde fwd/bwd
+    assert source.count("triton.autotune(") == 7
+    assert source.count("cache_results=True") == 7

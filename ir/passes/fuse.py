@@ -110,9 +110,12 @@ def _fuse_scan(graph, ctx, rec: RecurrenceOp, selects):
     graph.add(Fused(name, inputs=inputs, plan=plan, members=members, outputs=(("y", ("batch", "dim", "len")), ("last_state", ("batch", "dim", "state")))))
     _retarget_outputs(graph, {rec.name if selects else epi_end: f"{name}:y", f"{rec.name}:final": f"{name}:last_state"})
     # candidate axes; ir/tuning_space.py plans the configs from them and the spec's state size
+    # (the decoding step's channel block reaches down to 1: one program per block and batch element, so
+    # small blocks are what fill a GPU at small decode batches)
     ctx.schedule = ctx.schedule.with_fusion(name, members).with_tunables(
         name, {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}).with_tunables(
-        "scan_tiled_kernel", {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]})
+        "scan_tiled_kernel", {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
+    ).with_tunables("scan_step_kernel", {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]})
     return epi_end
 
 

@@ -7,8 +7,13 @@ hash of the schedule's candidates (`package_key`), so a package compiled under a
 a changed spec, never reads another's winners. Inside, entries keyed by target and shape bucket
 (`bucket`: each size rounded up to a power of two, so batch 3 and 4 share one) map to the winning
 choice: the pipeline and chunk, and on the C backend the thread count, plus the measured times.
+A stage tuned on its own (the SISO decoding step, `scan_step`: its kernel's launch config) has
+entries keyed by target, stage and bucket (`triton/scan_step|batch=8,dim=2048,state=16`) holding
+`{"config": {...}, ...}`; the format is otherwise unchanged (same VERSION: a file without such
+entries reads as before, and a reader that does not know them never looks them up).
 
-`ssmc tune` writes it (`store`); generated packages read it (`PackageTuning.choose`): the file is
+`ssmc tune` writes it (`store`); generated packages read it (`PackageTuning.choose`, and
+`PackageTuning.stage_config` for a stage's config): the file is
 read once per process, then a call costs a bucket computation and a dict lookup. Where nothing was
 tuned, under torch.compile's tracing, and under the Triton interpreter, the package's cost model
 decides (the shipped default).
@@ -102,8 +107,9 @@ def bucket(sizes: dict) -> str:
     return ",".join(f"{name}={1 << max(int(value) - 1, 0).bit_length()}" for name, value in sorted(sizes.items()))
 
 
-def entry_key(target: str, sizes: dict) -> str:
-    return f"{target}|{bucket(sizes)}"
+def entry_key(target: str, sizes: dict, stage: str | None = None) -> str:
+    """`target|bucket` for the schedule's winner, `target/stage|bucket` for one stage's config."""
+    return f"{target}|{bucket(sizes)}" if stage is None else f"{target}/{stage}|{bucket(sizes)}"
 
 
 def _safe(text: str) -> str:
@@ -171,8 +177,8 @@ def load(key: str, target: str) -> dict:
         return entries
 
 
-def lookup(key: str, target: str, sizes: dict) -> dict | None:
-    return load(key, target).get(entry_key(target, sizes))
+def lookup(key: str, target: str, sizes: dict, stage: str | None = None) -> dict | None:
+    return load(key, target).get(entry_key(target, sizes, stage))
 
 
 def forget():
@@ -197,10 +203,10 @@ def _locked(path: Path):
         os.close(fd)        # releases the lock
 
 
-def store(key: str, target: str, sizes: dict, choice: dict) -> Path | None:
-    """Merge `choice` (JSON-able: pipeline, chunk, threads, times...) into the package's file under
-    the shape bucket of `sizes`; atomically, keeping other processes' entries. Returns the file, or
-    None (with a warning) when a foreign file is in the way."""
+def store(key: str, target: str, sizes: dict, choice: dict, stage: str | None = None) -> Path | None:
+    """Merge `choice` (JSON-able: pipeline, chunk, threads, times...; for a `stage`, its config) into
+    the package's file under the shape bucket of `sizes`; atomically, keeping other processes' entries.
+    Returns the file, or None (with a warning) when a foreign file is in the way."""
     path = cache_file(key, target)
     identity = _identity(key, target)
     with _LOCK, _locked(path):
@@ -208,7 +214,7 @@ def store(key: str, target: str, sizes: dict, choice: dict) -> Path | None:
         if entries is None and not ours:
             return None          # someone else's file: leave it alone
         merged = dict(entries or {})
-        merged[entry_key(target, sizes)] = choice
+        merged[entry_key(target, sizes, stage)] = choice
         text = json.dumps({**identity, "entries": merged}, indent=1, sort_keys=True) + "\n"
         fd, temporary = tempfile.mkstemp(prefix=cache.TEMP_PREFIX, suffix=".json", dir=path.parent)
         try:
@@ -245,12 +251,12 @@ class PackageTuning:
         self.forced = None
         self._entries = {}          # target -> (generation, entries): one dict lookup per call
 
-    def _lookup(self, target: str, sizes: dict):
+    def _lookup(self, target: str, sizes: dict, stage: str | None = None):
         memo = self._entries.get(target)
         if memo is None or memo[0] != _GENERATION[0]:
             generation = _GENERATION[0]
             memo = self._entries[target] = (generation, load(self.key, target))
-        return memo[1].get(entry_key(target, sizes))
+        return memo[1].get(entry_key(target, sizes, stage))
 
     def force(self, choice: dict | None):
         self.forced = choice
@@ -284,6 +290,21 @@ class PackageTuning:
             self.library.c_threads = threads if isinstance(threads, int) and threads > 0 else None
         return candidate
 
+    def stage_config(self, stage: str, target: str, sizes: dict):
+        """The launch config (a dict, e.g. {"BLOCK_D": 8, "num_warps": 2}) `ssmc tune` stored for `stage`
+        at the call's bucket, or None: nothing stored, a stored entry without a config mapping, under
+        torch.compile's tracing or the Triton interpreter. The package checks it is one of its planned
+        configs."""
+        if torch.compiler.is_compiling() or (target == "triton" and _interpreted()):
+            return None
+        try:
+            choice = self._lookup(target, sizes, stage)
+        except Exception:       # noqa: BLE001 -- an unusable cache never fails a call (nor is retried)
+            self._entries[target] = (_GENERATION[0], {})
+            return None
+        config = choice.get("config") if choice is not None else None
+        return config if isinstance(config, dict) else None
 
-__all__ = ["SCHEMA", "VERSION", "TuningWarning", "PackageTuning", "bucket", "cache_file", "device_name", "forget",
-           "load", "lookup", "package_key", "store", "triton_version"]
+
+__all__ = ["SCHEMA", "VERSION", "TuningWarning", "PackageTuning", "bucket", "cache_file", "device_name", "entry_key",
+           "forget", "load", "lookup", "package_key", "store", "triton_version"]
