@@ -209,6 +209,15 @@ def test_a_sequence_shorter_than_one_tile():
                    triton.Config({"BLOCK_D": 4}, num_warps=1), chunk=16, length=5)
 
 
+def test_full_tiles_whose_masks_are_constants():
+    """32 steps in tiles and chunks of 16, 4 states, and channel blocks that fill their segments: EVEN_T,
+    EVEN_N and EVEN_D hold, so the kernels run with constant masks (the other tests have ragged tiles)."""
+    for name in KERNEL_SPECS:
+        _check_kernels(name, triton.Config({"BLOCK_D": 4, "BLOCK_T": 16}, num_warps=1),
+                       triton.Config({"BLOCK_D": 2}, num_warps=1), chunk=16, length=32)
+        _check_kernels(name, None, None, chunk=16, length=32, bwd_schedule="sequential")
+
+
 # -- deterministic sums, dtypes, strides, the schedule's choice ------------------------------------------
 def test_deterministic_mode_sums_per_program_in_a_fixed_order(backend, monkeypatch):
     """12 channels in one group and the widest planned channel block (8): two programs add to every row
