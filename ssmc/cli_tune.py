@@ -11,8 +11,10 @@ both are timed the same way and the winner stored, which the package's kernels r
 then its decoding step (`scan_step`, one token at the shape's batch and dim) is timed in every config the
 compiler planned for it (STEP_CONFIGS, those no wider than the channels) and the fastest stored as the
 step stage's config for its (batch, dim, state) bucket, which the package's `scan_step` runs instead of
-Triton's autotuner. Its scan/convolution choice stays the cost model's, and on the C and torch backends
-a SISO spec has nothing to tune (reported as skipped).
+Triton's autotuner. On the C backend (a CPU) a SISO spec's scan is timed with 1 and all cores and the
+faster thread count stored, which the package's C kernels read per shape bucket (`PackageTuning.threads`).
+Its scan/convolution choice stays the cost model's, and on the torch backend a SISO spec has nothing to
+tune (reported as skipped).
 """
 from __future__ import annotations
 
@@ -204,6 +206,8 @@ def tune_step(variable: str, spec, module, shape: dict, device, warmup: int = 1,
 
 
 def _label(candidate) -> str:
+    if candidate is None:
+        return "scan"
     if isinstance(candidate, tuple):
         name, chunk = candidate
         return f"{name}{chunk}" if name == "chunked" else name
@@ -229,16 +233,19 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     target = cost_target(device.type)
     backend = select_backend(device)
     module = compile_package(spec, "auto")
-    if family == "siso" and (backend != "triton" or module.OPS.scan is None):
+    if family == "siso" and (backend not in ("triton", "c") or module.OPS.scan is None):
         out(f"{variable}: spec '{spec.name}' (SISO) has nothing to tune on the {backend} backend"
             + (" (its schedule has no scan)" if module.OPS.scan is None else "")
-            + ": its scan/convolution choice is the cost model's, and the Triton scan's schedule is tuned on a "
-              "GPU; skipped")
+            + ": its scan/convolution choice is the cost model's; the scan's schedule is tuned on the Triton "
+              "backend, its thread count on the C backend; skipped")
         return None
     sizes, run = _workload(module, family, spec, full, device)
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores}) if backend == "c" else [None]
-    candidates = module.SCAN_SCHEDULES if family == "siso" else module.CANDIDATES
+    if family == "siso":     # on C, one schedule: only the thread count is tuned
+        candidates = module.SCAN_SCHEDULES if backend == "triton" else (None,)
+    else:
+        candidates = module.CANDIDATES
     configs = [(c, t) for c in candidates for t in thread_counts]
     shape_text = ", ".join(f"{k}={v}" for k, v in sizes.items())
     out(f"{variable}: spec '{spec.name}' on {tuning.device_name(target)} ({backend} backend), {shape_text}: "
@@ -273,7 +280,7 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     else:
         out(f"  stored {_label(candidate)} threads={threads or '-'} for bucket {tuning.bucket(sizes)} in {path}")
     out("")
-    if family == "siso":
+    if family == "siso" and backend == "triton":
         tune_step(variable, spec, module, full, device, warmup=warmup, repeats=repeats, out=out)
         out("")
     return stored

@@ -175,7 +175,8 @@ def test_tune_cli_writes_the_cache_and_prints_the_table(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "[1/" in out and "fwd+bwd ms" in out and "<- winner" in out and "skipped" in out
+    assert "[1/" in out and "fwd+bwd ms" in out and "<- winner" in out
+    assert "s4: spec" in out and out.count("  stored ") == 2           # the SISO spec's C thread count too
     module = compile_package(ssmc.presets.mamba2(d_state=4, headdim=4, name="tiny_tune"))
     sizes = {"batch": 1, "len": 32, "heads": 2, "headdim": 4, "state": 4}
     target = cost_target("cpu")
@@ -298,9 +299,56 @@ def test_siso_step_is_tuned_and_a_stored_winner_followed(backend, monkeypatch):
     assert launched[-1] is None
 
 
-def test_siso_spec_on_the_c_backend_has_nothing_to_tune(backend):
+def test_siso_spec_on_the_torch_backend_has_nothing_to_tune(backend):
     from ssmc.cli_tune import tune_spec
-    backend("c")
+    backend("torch")
     lines = []
     assert tune_spec("m1", ssmc.presets.mamba(d_state=4), {}, out=lines.append) is None
-    assert "nothing to tune on the c backend" in lines[0] and "skipped" in lines[0]
+    assert "nothing to tune on the torch backend" in lines[0] and "skipped" in lines[0]
+
+
+def test_siso_scan_threads_are_tuned_on_the_c_backend_and_followed(backend, monkeypatch):
+    """On the C backend `ssmc tune` times a SISO spec's scan with 1 and all cores and stores the faster count;
+    the package's C scan kernels then run with the stored count for that shape bucket, with their own rule
+    in another bucket, and the output still equals the reference."""
+    from ssmc.cli_tune import tune_spec
+    from ssmc.reference import selective_scan_ref
+    backend("c")
+    spec = ssmc.presets.mamba(d_state=4, name="tuned_m1_c")
+    lines = []
+    stored = tune_spec("m1", spec, {"batch": 1, "len": 24, "dim": 8}, warmup=0, repeats=1, out=lines.append)
+    text = "\n".join(lines)
+    counts = sorted({1, os.cpu_count() or 1})
+    assert f"[1/{len(counts)}] scan" in text and "<- winner" in text and "decoding step" not in text
+    assert stored["threads"] in counts
+    module = compile_package(spec, "auto")
+    sizes = {"batch": 1, "dim": 8, "len": 24, "state": 4}
+    assert tuning.lookup(module.TUNING.key, "c", sizes)["threads"] == stored["threads"]
+    tuning.store(module.TUNING.key, "c", sizes, {"pipeline": None, "chunk": None, "threads": 3})
+    tuning.forget()
+    kernels = module.KERNELS.get("c")
+    seen = []
+    original = kernels._kernel
+
+    def spy(name, dtype):                   # records the thread count, the C call's last argument
+        function = original(name, dtype)
+
+        def call(*args):
+            seen.append((name, args[-1]))
+            return function(*args)
+        return call
+    monkeypatch.setattr(kernels, "_kernel", spy)
+    gen = torch.Generator().manual_seed(4)
+    for batch, threads in ((1, 3), (4, 1)):     # the stored bucket; another (small work: one thread)
+        seen.clear()
+        u, delta, z = (torch.randn(batch, 8, 24, generator=gen) for _ in range(3))
+        A, B, C = -torch.rand(8, 4, generator=gen) - 0.5, torch.randn(batch, 1, 4, 24, generator=gen), \
+            torch.randn(batch, 1, 4, 24, generator=gen)
+        D, bias = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+        u.requires_grad_(True)
+        y = module.apply(u, delta, A, B, C, D=D, z=z, delta_bias=bias)
+        y.sum().backward()
+        assert seen == [("scan_fwd", threads), ("scan_bwd", threads)]
+        ref = selective_scan_ref(*(t.detach().double() for t in (u, delta, A, B, C)), D=D.double(),
+                                 z=z.double(), delta_bias=bias.double(), delta_softplus=True)
+        assert ((y.detach().double() - ref).norm() / ref.norm()).item() < 1e-5

@@ -290,6 +290,22 @@ class PackageTuning:
             self.library.c_threads = threads if isinstance(threads, int) and threads > 0 else None
         return candidate
 
+    def threads(self, target: str, sizes: dict) -> int | None:
+        """The thread count a C kernel runs with at the call's bucket: the forced choice's (what `ssmc tune`
+        times), else the stored winner's, else None (the kernels' own rule). For the SISO C kernels, whose
+        one tunable is their OpenMP thread count."""
+        if torch.compiler.is_compiling():
+            return None
+        choice = self.forced
+        if choice is None:
+            try:
+                choice = self._lookup(target, sizes)
+            except Exception:       # noqa: BLE001 -- an unusable cache never fails a call (nor is retried)
+                self._entries[target] = (_GENERATION[0], {})
+                return None
+        threads = choice.get("threads") if isinstance(choice, dict) else None
+        return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+
     def stage_config(self, stage: str, target: str, sizes: dict):
         """The launch config (a dict, e.g. {"BLOCK_D": 8, "num_warps": 2}) `ssmc tune` stored for `stage`
         at the call's bucket, or None: nothing stored, a stored entry without a config mapping, under
