@@ -237,7 +237,7 @@ def loop_work(kernel_name, consts):
     """(time steps, elements) one iteration of the kernel's innermost loop(s) covers, and how the
     elements were counted (the tile: channels/headdim x state, times steps for chunked kernels)."""
     c = consts
-    if kernel_name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+    if kernel_name in ("_scan_fwd_kernel", "_scan_bwd_kernel", "_scan_step_kernel"):
         return 1, c["BLOCK_D"] * c["N_PAD"], "BLOCK_D·N_PAD"
     if kernel_name in ("_scan_fwd_tiled_kernel", "_scan_bwd_tiled_kernel"):
         return c["BLOCK_T"], c["BLOCK_D"] * c["N_PAD"] * c["BLOCK_T"], "BLOCK_D·N_PAD·BLOCK_T"
@@ -294,11 +294,16 @@ def mamba1_launches(dtype):
     fwd = dict(act, chunk=MAMBA1_CHUNK)
     bwd = dict(act, grad_out=_meta(dims, ("batch", "dim", "len"), dtype), grad_state_re=None, grad_state_im=None,
                ckpt_re=torch.empty(b, d, dims["chunks"], n, device="meta"), ckpt_im=None, chunk=MAMBA1_CHUNK)
+    step = dict(u=torch.empty(b, d, device="meta", dtype=dtype), delta=torch.empty(b, d, device="meta"),
+                dt_bias=act["dt_bias"], A_re=act["A_re"], A_im=None, B_re=torch.empty(b, 1, n, device="meta"),
+                B_im=None, C_re=torch.empty(b, 1, n, device="meta"), C_im=None, D=act["D"],
+                z=torch.empty(b, d, device="meta", dtype=dtype), h_re=torch.empty(b, d, n, device="meta"), h_im=None)
     shape = f"({b}, {d}, {L}, {n})"
     return [(f"mamba scan_fwd {schedule} {shape}", module, getattr(module, f"scan_fwd_{schedule}"), fwd)
             for schedule in module.SCHEDULES] + [
             (f"mamba scan_bwd {schedule} {shape}", module, getattr(module, f"scan_bwd_{schedule}"), bwd)
-            for schedule in module.SCHEDULES]
+            for schedule in module.SCHEDULES] + [
+            (f"mamba scan_step ({b}, {d}, {n})", module, module.scan_step_launch, step)]
 
 
 def stage_launches(spec, dims, dtype, present=(), params=None, label=""):
@@ -379,6 +384,8 @@ def report_kernel(kernel_name, kernel, args, kwargs, quick=False):
             spill_insts = sum(1 for _, t in sass if re.match(r"^(@!?U?P\w+\s+)?(LDL|STL)\b", t))
             inner = loops(sass)
             loop_insts = sum(c / k for _, _, c, k in inner)
+            if not inner and kernel_name == "_scan_step_kernel":     # one step, no loop: the whole kernel
+                inner, loop_insts = [(0, 0, len(sass), 1)], len(sass)
             row.update(registers=res["registers"], stack=res["stack"], spills=spill_insts,
                        shared=compiled.metadata.shared, sass=len(sass),
                        loops=[f"{c}/{k}" if k > 1 else str(c) for _, _, c, k in inner],

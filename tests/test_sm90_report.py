@@ -63,6 +63,35 @@ def test_state_passing_compiles_for_sm90(tmp_path):
     assert row["loop"] > 0 and row["per_step"] > 0 and row["per_elem"] > 0
 
 
+STEP_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sm90_report as report
+rows = []
+for label, module, launcher, kwargs in report.mamba1_launches(report.F32):
+    if "scan_step" in label:
+        rows += report.report_launch(label, module, launcher, kwargs, quick=True)
+print(json.dumps(rows, default=str))
+"""
+
+
+def test_the_decoding_step_compiles_for_sm90_and_counts_as_one_step(tmp_path):
+    """The Mamba-1 decoding step (no loop over time): its whole kernel is counted as the one step."""
+    if len(_bundled_tools()) < 2:
+        pytest.skip("triton's bundled ptxas/cuobjdump are not installed (test_state_passing_compiles_for_sm90 "
+                    "fails for that under CI)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    result = subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(ROOT / "benchmarks")], capture_output=True,
+                            text=True, env=env, cwd=str(ROOT), timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    row = rows[0]
+    assert row["kernel"] == "_scan_step_kernel" and row["spills"] == 0
+    assert row["loop"] == row["sass"] and row["per_step"] == row["sass"] and row["per_elem"] > 0
+
+
 def test_loop_parsing():
     """The loop finder on hand-written SASS: innermost loops only, an unrolled loop next to its
     remainder loop counted per iteration, a branch to itself ignored."""
