@@ -102,3 +102,174 @@ def config_comment(kernel: str, kept: list, pruned: Counter) -> str:
     """One line saying what the planner kept and pruned (printed above the configs in the module)."""
     why = ", ".join(f"{count} for {reason}" for reason, count in sorted(pruned.items()) if count) or "none"
     return f"# {kernel}: {len(kept)} configs planned from the spec's shapes; pruned: {why}"
+
+
+# -- the Mamba-2 (SSD) chunk stages: chunk_state, chunk_scan, state_passing --------------------------------
+# The stage module (backends/stages_triton.py) does not depend on the spec: headdim, state and chunk are
+# known at the call only. So the candidate configs are planned here once, pruned only by what holds at
+# every call (idle threads; registers and shared memory with the whole-axis blocks at their smallest),
+# and printed into the module; the module's early_config_prune applies the same model at the call, with
+# the sizes. The model's numbers (STAGE_MODELS, STAGE_LIMITS) and its one function (stage_config_fault)
+# are printed into the module from here (the module cannot import the compiler): one source of truth,
+# tests/test_stage_configs.py checks the copies agree.
+#
+# Each axis lists the launcher's old fixed choice first (then smaller blocks, widest first, then larger):
+# after the call's pruning (nothing wider than its axis), the first kept config is the old fixed choice
+# wherever the model keeps it, and that is the config the interpreter runs (TRITON_INTERPRET=1: no driver
+# to benchmark on). (chunk_scan past 128 states: the old 16x16 blocks gave way to 32x32 on 8 warps.)
+STAGE_AXES = {
+    "chunk_scan": {"BLOCK_M": [32, 16, 64], "BLOCK_P": [32, 16, 64], "num_warps": [4, 2, 8],
+                   "num_stages": [3, 2, 1]},
+    "chunk_state": {"BLOCK_P": [32, 16, 64], "BLOCK_N": [64, 32, 16, 128], "BLOCK_L": [32, 16],
+                    "num_warps": [4, 2], "num_stages": [3, 2]},
+    "state_passing": {"BLOCK": [1024, 512, 256, 128, 64, 32, 2048], "num_warps": [4, 1, 2, 8]},
+}
+
+# sm_90: registers per thread before ptxas spills, shared memory per block (opt-in maximum), threads per
+# warp, and the grid's axes 1-2 (axis 0, batch·chunks·heads, may reach 2^31 - 1)
+STAGE_LIMITS = {"registers": REGISTER_LIMIT, "shared_bytes": 227 * 1024, "warp": WARP, "grid_axis": 65535,
+                "element_bytes": 4}
+
+# Per stage kernel:
+# - blocks: {tuned block: the size it covers}; none wider than max(min_block, next_power_of_2(size)), and
+#   none narrower than half of that or of the widest candidate (`largest`), whichever is smaller: of the
+#   blocks that fit an axis the two widest are kept, so the autotuner benchmarks tens of configs at a real
+#   shape, not hundreds (a narrower block only adds loop iterations or programs; chunk_state had 313);
+#   min_block is 16 where the block enters a tl.dot (its smallest), 32 for state_passing (a warp);
+# - whole: {block: size} set by the launcher to the whole axis (max(min_block, next_power_of_2(size)));
+# - grid: the blocks whose counts (cdiv(size, block)) are grid axes 1-2 (at most 65535 each);
+# - output: the tile whose elements each thread shares (fewer elements than threads: idle threads);
+# - registers: base + Σ weight · tile elements / threads (+ `unstaged` · the loop's staged dot operands'
+#   elements / threads when num_stages is 1: then they are not staged through shared memory), the
+#   weights fitted to the registers ptxas gives every candidate at Mamba-2's shape (fp32, sm_90, triton
+#   3.9, compiled as benchmarks/sm90_report.py does) so that the spilling ones, and only they, pass
+#   REGISTER_LIMIT: chunk_scan 81 of 81 right (mean error 9 registers where none spill; its
+#   (BLOCK_M, BLOCK_M, BLOCK_N) term is the C·B^T product's operands held per thread), chunk_state 314
+#   of 322 (mean error 15; kept but spilling: (P, N, L) (64, 128, 64) on 4 warps, 12-39 spill
+#   instructions, (32, 64, 64) on 2 warps and 2 stages, 11, and three with 2-3; pruned though fitting:
+#   two of 1 stage, 212 and 242 registers), state_passing (never near the limit) ~1.3 registers per
+#   element. Other states and headdims extrapolate;
+# - dots: per tl.dot its two operand tiles, (tile, where: "staged" loaded in the loop, "computed" in the
+#   loop, None before it); the shared memory estimate is the largest of: the loop's operands (num_stages
+#   buffers for a staged one, the pipeline's; one for a computed one), one dot's two operand tiles
+#   (converted through shared memory into the dot's layout), and the output tile (converted to be
+#   stored). An estimate: of the compiled candidates (Mamba-2's shape, fp32) chunk_scan's shared memory
+#   is 0-14% below it, chunk_state's 0-62% below it, none above.
+STAGE_MODELS = {
+    "chunk_scan": {
+        "blocks": {"BLOCK_M": "chunk", "BLOCK_P": "headdim"}, "largest": {"BLOCK_M": 64, "BLOCK_P": 64},
+        "whole": {"BLOCK_N": "state"}, "min_block": 16,
+        "grid": ("BLOCK_M", "BLOCK_P"), "output": ("BLOCK_M", "BLOCK_P"),
+        "base": 32, "tiles": ((0.5, ("BLOCK_M", "BLOCK_N")), (1.5, ("BLOCK_M", "BLOCK_P")),
+                              (2.0, ("BLOCK_M", "BLOCK_M")), (1 / 12, ("BLOCK_M", "BLOCK_M", "BLOCK_N"))),
+        "unstaged": 12.0,
+        "dots": (((("BLOCK_M", "BLOCK_N"), None), (("BLOCK_N", "BLOCK_P"), None)),
+                 ((("BLOCK_M", "BLOCK_N"), None), (("BLOCK_N", "BLOCK_M"), "staged")),
+                 ((("BLOCK_M", "BLOCK_M"), "computed"), (("BLOCK_M", "BLOCK_P"), "staged"))),
+    },
+    "chunk_state": {
+        "blocks": {"BLOCK_P": "headdim", "BLOCK_N": "state", "BLOCK_L": "chunk"},
+        "largest": {"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_L": 32}, "whole": {}, "min_block": 16,
+        "grid": ("BLOCK_P", "BLOCK_N"), "output": ("BLOCK_P", "BLOCK_N"),
+        "base": 32, "tiles": ((1.25, ("BLOCK_P", "BLOCK_N")), (1.0, ("BLOCK_P", "BLOCK_L")),
+                              (0.5, ("BLOCK_L", "BLOCK_N"))),
+        "unstaged": 1.0,
+        "dots": (((("BLOCK_P", "BLOCK_L"), "staged"), (("BLOCK_L", "BLOCK_N"), "staged")),),
+    },
+    "state_passing": {
+        "blocks": {"BLOCK": "size"}, "largest": {"BLOCK": 2048}, "whole": {}, "min_block": 32,
+        "grid": ("BLOCK",), "output": ("BLOCK",),
+        "base": 24, "tiles": ((1.5, ("BLOCK",)),),
+        "unstaged": 0.0,
+        "dots": (),
+    },
+}
+
+
+def stage_config_fault(model, config, sizes, limits):
+    """Why `config` ({BLOCK_*: ..., num_warps, num_stages}) cannot be good for a stage kernel of `model`
+    (a STAGE_MODELS value) at `sizes` ({size name: int}, or None when planning for any size), or None
+    when it can. The estimates are returned too: (reason or None, {"registers", "shared_bytes"}).
+    Self-contained (no imports): its source is printed into the generated stage module."""
+    def widest(size):
+        return max(model["min_block"], 1 << max(size - 1, 0).bit_length())
+
+    def product(names):
+        value = 1
+        for name in names:
+            value *= blocks[name]
+        return value
+
+    blocks = {name: value for name, value in config.items() if name.startswith("BLOCK")}
+    for name, size in model["whole"].items():
+        blocks[name] = widest(sizes[size]) if sizes else model["min_block"]
+    threads = limits["warp"] * config.get("num_warps", 4)
+    stages = config.get("num_stages", 3)
+    registers = model["base"] + sum(weight * product(tile) for weight, tile in model["tiles"]) / threads
+    if stages == 1:
+        loop_operands = sum(product(tile) for dot in model["dots"] for tile, in_loop in dot if in_loop == "staged")
+        registers += model["unstaged"] * loop_operands / threads
+    staged = sum(product(tile) * (stages if in_loop == "staged" else 1)
+                 for dot in model["dots"] for tile, in_loop in dot if in_loop)
+    largest_dot = max([sum(product(tile) for tile, _ in dot) for dot in model["dots"]] or [0])
+    shared = max(staged, largest_dot, product(model["output"]) if model["dots"] else 0)
+    shared *= limits["element_bytes"]
+    estimate = {"registers": registers, "shared_bytes": shared}
+    if sizes:
+        if any(blocks[name] > widest(sizes[size]) for name, size in model["blocks"].items()):
+            return "wider than the axis", estimate
+        if any(2 * blocks[name] < min(widest(sizes[size]), model["largest"][name])
+               for name, size in model["blocks"].items()):
+            return "narrower than two wider ones that fit", estimate
+        if any(-(-sizes[model["blocks"][name]] // blocks[name]) > limits["grid_axis"] for name in model["grid"]):
+            return "grid", estimate
+    if product(model["output"]) < threads:
+        return "idle threads", estimate
+    if registers > limits["registers"]:
+        return "registers", estimate
+    if shared > limits["shared_bytes"]:
+        return "shared memory", estimate
+    return None, estimate
+
+
+def plan_stage_configs(stage: str, axes: dict | None = None, sizes: dict | None = None) -> tuple:
+    """([config dicts kept], Counter of why the others were pruned) for a stage kernel (a STAGE_MODELS
+    key) over its candidate axes (STAGE_AXES[stage] unless given), in the axes' order. sizes None: what
+    holds at every call (the module's list); else the call's pruning at those sizes. Nothing kept: the
+    config with the fewest estimated registers among those no wider than the axes (it may spill)."""
+    model, axes = STAGE_MODELS[stage], axes or STAGE_AXES[stage]
+    names = list(axes)
+    configs = [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    kept, pruned = [], Counter()
+    for config in configs:
+        reason, _ = stage_config_fault(model, config, sizes, STAGE_LIMITS)
+        if reason:
+            pruned[reason] += 1
+        else:
+            kept.append(config)
+    if not kept:
+        fitting = [c for c in configs
+                   if stage_config_fault(model, c, sizes, STAGE_LIMITS)[0] != "wider than the axis"] or configs
+        best = min(fitting, key=lambda c: stage_config_fault(model, c, sizes, STAGE_LIMITS)[1]["registers"])
+        pruned[stage_config_fault(model, best, sizes, STAGE_LIMITS)[0]] -= 1
+        kept = [best]
+    return kept, pruned
+
+
+def stage_configs_text() -> str:
+    """What the stage module prints: the limits, the models, the pruning function and each stage kernel's
+    planned configs (one commented list per stage)."""
+    import inspect
+    import pprint
+    lines = ["# the stage kernels' resource model (ssmc/ir/tuning_space.py, printed: the module cannot import",
+             "# the compiler); the launchers' early_config_prune applies it at the call's sizes",
+             f"STAGE_LIMITS = {STAGE_LIMITS!r}",
+             "STAGE_MODELS = " + pprint.pformat(STAGE_MODELS, width=110, sort_dicts=False), "", "",
+             inspect.getsource(stage_config_fault).rstrip(), "", ""]
+    for stage in STAGE_AXES:
+        kept, pruned = plan_stage_configs(stage)
+        lines += [config_comment(stage, kept, pruned).replace("from the spec's shapes", "for every size"),
+                  f"{stage.upper()}_CONFIGS = ["]
+        lines += [f"    dict({', '.join(f'{k}={v}' for k, v in config.items())})," for config in kept]
+        lines += ["]"]
+    return "\n".join(lines)

@@ -170,8 +170,8 @@ def test_generated_source(backend):
     assert "#pragma omp simd" in source and "#pragma omp parallel" in source
     loader = files["kernels_c.py"]
     imports = {line.split()[1].split(".")[0] for line in loader.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"ctypes", "os", "torch", "ssmc"}
-    assert all(line.startswith(("import ctypes", "import os", "import torch", "from ssmc.runtime"))
+    assert imports <= {"ctypes", "os", "sys", "torch", "ssmc"}
+    assert all(line.startswith(("import ctypes", "import os", "import sys", "import torch", "from ssmc.runtime"))
                for line in loader.splitlines() if line.startswith(("import ", "from ")))
 
 
