@@ -17,9 +17,10 @@ unless
 the kernels (benchmarks/RESULTS.md): the sequential forward uses 80 / 128 registers at 8 / 16 elements
 per thread (6 tiles), its backward 147 / 255 (13 tiles); the time-parallel forward alike (6), its
 backward, whose two scans carry four values each, spills at 16 elements per thread (14 tiles).
-The decoding step (`scan_step`, one token: no time loop) is an estimate, not yet measured: it keeps A,
-the decay, the input scale, B, C and the state in one (BLOCK_D, N_PAD) tile each, the scale and B
-folding into sB before the state is advanced, so about 6 tiles are live at its peak, like the forward.
+The decoding step (`scan_step`, one token: no time loop) keeps A, the decay, the input scale, B, C and
+the state in one (BLOCK_D, N_PAD) tile each, the scale and B folding into sB before the state is
+advanced: 6 tiles, like the forward. The sm_90 report measures fewer, about 4.3 (168 registers at 32
+elements per thread, 94-96 at 16), so 6 is conservative; it prunes no config that would fit.
 Its channel block ranges over 1..256 (the scan kernels' 8..128 walk a sequence; the step launches one
 program per block and batch element, so a small block is what fills the GPU at small decode batches).
 Shared memory is not a limit here (the report measures at most 1 KiB per program).
