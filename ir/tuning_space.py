@@ -106,6 +106,7 @@ def config_comment(kernel: str, kept: list, pruned: Counter) -> str:
 
 
 # -- the Mamba-2 (SSD) chunk stages: chunk_state, chunk_scan, state_passing --------------------------------
+# (and GLA's two chunk stages, gla_chunk_state and gla_chunk_scan, planned and pruned the same way)
 # The stage module (backends/stages_triton.py) does not depend on the spec: headdim, state and chunk are
 # known at the call only. So the candidate configs are planned here once, pruned only by what holds at
 # every call (idle threads; registers and shared memory with the whole-axis blocks at their smallest),
@@ -118,12 +119,24 @@ def config_comment(kernel: str, kept: list, pruned: Counter) -> str:
 # after the call's pruning (nothing wider than its axis), the first kept config is the old fixed choice
 # wherever the model keeps it, and that is the config the interpreter runs (TRITON_INTERPRET=1: no driver
 # to benchmark on). (chunk_scan past 128 states: the old 16x16 blocks gave way to 32x32 on 8 warps.)
+# The GLA chunk stages' old fixed blocks spill at GLA's shape (key and value dims 128, chunk 64; fp32,
+# sm_90: 255 registers, 14-16 spill instructions on the default 4 warps and 3 stages), so there the first
+# kept config differs: gla_chunk_state's old (32, 64, 32) blocks run on 8 warps (255 registers, no spills;
+# on 4 warps they spill at every stage count), gla_chunk_scan's old 64x64 on 2 stages (254 registers, no
+# spills). gla_chunk_scan has no 3-stage candidate: 3 stages spilled every one of its 12 block and warp
+# choices at GLA's shape, 2 stages only where 3 did too, and the model does not tell 3 from 2 (their
+# difference is the pipeline's extra copies of the loop's key and decay loads). Its query sub-chunk (SUB,
+# the diagonal block taken pair by pair) stays 16 rows: a fixed block of the model ("fixed").
 STAGE_AXES = {
     "chunk_scan": {"BLOCK_M": [32, 16, 64], "BLOCK_P": [32, 16, 64], "num_warps": [4, 2, 8],
                    "num_stages": [3, 2, 1]},
     "chunk_state": {"BLOCK_P": [32, 16, 64], "BLOCK_N": [64, 32, 16, 128], "BLOCK_L": [32, 16],
                     "num_warps": [4, 2], "num_stages": [3, 2]},
     "state_passing": {"BLOCK": [1024, 512, 256, 128, 64, 32, 2048], "num_warps": [4, 1, 2, 8]},
+    "gla_chunk_state": {"BLOCK_P": [32, 16, 64], "BLOCK_N": [64, 32, 16, 128], "BLOCK_L": [32, 16],
+                        "num_warps": [4, 2, 8], "num_stages": [3, 2]},
+    "gla_chunk_scan": {"BLOCK_P": [64, 32, 16, 128], "BLOCK_N": [64, 32, 16, 128], "num_warps": [4, 2, 8],
+                       "num_stages": [2, 1]},
 }
 
 # sm_90: registers per thread before ptxas spills, shared memory per block (opt-in maximum), threads per
@@ -143,19 +156,31 @@ STAGE_LIMITS = {"registers": REGISTER_LIMIT, "shared_bytes": 227 * 1024, "warp":
 # - registers: base + Σ weight · tile elements / threads (+ `unstaged` · the loop's staged dot operands'
 #   elements / threads when num_stages is 1: then they are not staged through shared memory), the
 #   weights fitted to the registers ptxas gives every candidate at Mamba-2's shape (fp32, sm_90, triton
-#   3.9, compiled as benchmarks/sm90_report.py does) so that the spilling ones, and only they, pass
-#   REGISTER_LIMIT: chunk_scan 81 of 81 right (mean error 9 registers where none spill; its
-#   (BLOCK_M, BLOCK_M, BLOCK_N) term is the C·B^T product's operands held per thread), chunk_state 314
-#   of 322 (mean error 15; kept but spilling: (P, N, L) (64, 128, 64) on 4 warps, 12-39 spill
+#   3.9, compiled as benchmarks/sm90_report.py does; GLA's at GLA's shape) so that the spilling ones,
+#   and only they, pass REGISTER_LIMIT: chunk_scan 81 of 81 right (mean error 9 registers where none
+#   spill; its (BLOCK_M, BLOCK_M, BLOCK_N) term is the C·B^T product's operands held per thread),
+#   chunk_state 314 of 322 (mean error 15; kept but spilling: (P, N, L) (64, 128, 64) on 4 warps, 12-39 spill
 #   instructions, (32, 64, 64) on 2 warps and 2 stages, 11, and three with 2-3; pruned though fitting:
 #   two of 1 stage, 212 and 242 registers), state_passing (never near the limit) ~1.3 registers per
-#   element. Other states and headdims extrapolate;
+#   element; gla_chunk_state 41 of 48 right (mean error 48; none kept that spills; pruned though
+#   fitting: (P, N, L) (32, 64, 16) on 2 warps, (32, 128, 16) and (64, 64, 16) on 4 warps, 225-255
+#   registers, and (64, 128, 16) on 8 warps and 2 stages, 254: no sum of per-thread tiles tells
+#   (64, 64, 16) on 4 warps from (64, 64, 32) on 8, which spills; its (P, L, N) term is the decayed
+#   keys' product per thread), gla_chunk_scan 24 of 24 (mean error 26; its 2- and 1-stage candidates;
+#   `unstaged` is negative: one stage frees the pipeline's registers, 164 for 64x64 on 4 warps where 2
+#   stages take 254). ptxas gives ~128 registers to every small-tile config, so the GLA counts are
+#   loose below the limit. Other states and headdims extrapolate;
+# - fixed: {block: value} of constexpr blocks the launcher fixes (gla_chunk_scan's SUB = 16);
 # - dots: per tl.dot its two operand tiles, (tile, where: "staged" loaded in the loop, "computed" in the
 #   loop, None before it); the shared memory estimate is the largest of: the loop's operands (num_stages
 #   buffers for a staged one, the pipeline's; one for a computed one), one dot's two operand tiles
 #   (converted through shared memory into the dot's layout), and the output tile (converted to be
 #   stored). An estimate: of the compiled candidates (Mamba-2's shape, fp32) chunk_scan's shared memory
-#   is 0-14% below it, chunk_state's 0-62% below it, none above.
+#   is 0-14% below it, chunk_state's 0-62% below it, none above. GLA's are not bounded by it (the decay
+#   loads are pipelined besides the dot operands; at GLA's shape gla_chunk_state compiles to 0.88-1.47
+#   times the estimate, gla_chunk_scan 1.1-1.2 times), but their widest candidates take at most 96 KiB
+#   (gla_chunk_state (64, 128, 32) on 3 stages) and 80 KiB (gla_chunk_scan 128x128), far under 227 KiB:
+#   registers, not shared memory, bound them.
 STAGE_MODELS = {
     "chunk_scan": {
         "blocks": {"BLOCK_M": "chunk", "BLOCK_P": "headdim"}, "largest": {"BLOCK_M": 64, "BLOCK_P": 64},
@@ -184,6 +209,27 @@ STAGE_MODELS = {
         "unstaged": 0.0,
         "dots": (),
     },
+    "gla_chunk_state": {
+        "blocks": {"BLOCK_P": "headdim", "BLOCK_N": "state", "BLOCK_L": "chunk"},
+        "largest": {"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_L": 32}, "whole": {}, "min_block": 16,
+        "grid": ("BLOCK_P", "BLOCK_N"), "output": ("BLOCK_P", "BLOCK_N"),
+        "base": 32, "tiles": ((2.5, ("BLOCK_P", "BLOCK_N")), (10.0, ("BLOCK_P", "BLOCK_L")),
+                              (5.0, ("BLOCK_L", "BLOCK_N")), (1 / 8, ("BLOCK_P", "BLOCK_L", "BLOCK_N"))),
+        "unstaged": 1.0,
+        "dots": (((("BLOCK_P", "BLOCK_L"), "staged"), (("BLOCK_L", "BLOCK_N"), "staged")),),
+    },
+    "gla_chunk_scan": {
+        "blocks": {"BLOCK_P": "headdim", "BLOCK_N": "state"},
+        "largest": {"BLOCK_P": 128, "BLOCK_N": 128}, "whole": {}, "fixed": {"SUB": 16}, "min_block": 16,
+        "grid": ("BLOCK_P",), "output": ("SUB", "BLOCK_P"),
+        "base": 40, "tiles": ((7.5, ("SUB", "BLOCK_P")), (5.5, ("SUB", "BLOCK_N")),
+                              (1.75, ("BLOCK_N", "BLOCK_P"))),
+        "unstaged": -4.0,
+        "dots": (((("SUB", "BLOCK_N"), None), (("BLOCK_N", "BLOCK_P"), None)),
+                 ((("SUB", "BLOCK_N"), None), (("BLOCK_N", "SUB"), "computed")),
+                 ((("SUB", "SUB"), "computed"), (("SUB", "BLOCK_P"), "staged")),
+                 ((("SUB", "SUB"), None), (("SUB", "BLOCK_P"), None))),
+    },
 }
 
 
@@ -204,6 +250,7 @@ def stage_config_fault(model, config, sizes, limits):
     blocks = {name: value for name, value in config.items() if name.startswith("BLOCK")}
     for name, size in model["whole"].items():
         blocks[name] = widest(sizes[size]) if sizes else model["min_block"]
+    blocks.update(model.get("fixed", {}))
     threads = limits["warp"] * config.get("num_warps", 4)
     stages = config.get("num_stages", 3)
     registers = model["base"] + sum(weight * product(tile) for weight, tile in model["tiles"]) / threads
