@@ -39,19 +39,24 @@ def _bundled_tools():
     return {name: base / name for name in ("ptxas", "cuobjdump") if os.access(base / name, os.X_OK)}
 
 
-def test_state_passing_compiles_for_sm90(tmp_path):
-    tools = _bundled_tools()
-    if len(tools) < 2:
+def _report_rows(script, tmp_path, timeout):
+    """The rows a report `script` prints, run in a subprocess without TRITON_INTERPRET. Without the
+    bundled tools: a failure under CI (its triton wheel ships them), a skip elsewhere."""
+    if len(_bundled_tools()) < 2:
         reason = "triton's bundled ptxas/cuobjdump (triton/backends/nvidia/bin) are not installed"
         if os.environ.get("CI"):
             pytest.fail(reason + "; the plain triton wheel that CI installs ships them")
         pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "benchmarks")], capture_output=True,
-                            text=True, env=env, cwd=str(ROOT), timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, str(ROOT / "benchmarks")], capture_output=True,
+                            text=True, env=env, cwd=str(ROOT), timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_state_passing_compiles_for_sm90(tmp_path):
+    rows = _report_rows(SCRIPT, tmp_path, timeout=120)
     assert len(rows) == 1, rows
     row = rows[0]
     assert "error" not in row, row
@@ -77,15 +82,7 @@ print(json.dumps(rows, default=str))
 
 def test_the_decoding_step_compiles_for_sm90_and_counts_as_one_step(tmp_path):
     """The Mamba-1 decoding step (no loop over time): its whole kernel is counted as the one step."""
-    if len(_bundled_tools()) < 2:
-        pytest.skip("triton's bundled ptxas/cuobjdump are not installed (test_state_passing_compiles_for_sm90 "
-                    "fails for that under CI)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(ROOT / "benchmarks")], capture_output=True,
-                            text=True, env=env, cwd=str(ROOT), timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = _report_rows(STEP_SCRIPT, tmp_path, timeout=180)
     assert len(rows) == 1 and "error" not in rows[0], rows
     row = rows[0]
     assert row["kernel"] == "_scan_step_kernel" and row["spills"] == 0

@@ -200,12 +200,28 @@ def test_a_stored_winner_keeps_apply_traceable_with_fullgraph(backend):
     module.LIBRARY.c_threads = None
 
 
+def _apply_mamba1(module, batch, dim, length, gen, backward=False):
+    """A Mamba-1 package's layer (N 4, one group) on random inputs, its output checked against the float64
+    reference; with `backward`, its backward run too."""
+    from ssmc.reference import selective_scan_ref
+    u, delta, z = (torch.randn(batch, dim, length, generator=gen) for _ in range(3))
+    A, B, C = -torch.rand(dim, 4, generator=gen) - 0.5, torch.randn(batch, 1, 4, length, generator=gen), \
+        torch.randn(batch, 1, 4, length, generator=gen)
+    D, bias = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen)
+    u.requires_grad_(backward)
+    y = module.apply(u, delta, A, B, C, D=D, z=z, delta_bias=bias)
+    if backward:
+        y.sum().backward()
+    ref = selective_scan_ref(*(t.detach().double() for t in (u, delta, A, B, C)), D=D.double(), z=z.double(),
+                             delta_bias=bias.double(), delta_softplus=True)
+    assert ((y.detach().double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
 def test_siso_scan_schedule_is_tuned_on_triton_and_followed(backend, monkeypatch):
     """On the Triton backend (here its interpreter) `ssmc tune` times a SISO spec's two scan schedules and
     stores the winner; the package's kernels then run the stored schedule for that shape bucket, whatever
     their shipped preference, and the output still equals the reference."""
     from ssmc.cli_tune import tune_spec
-    from ssmc.reference import selective_scan_ref
     backend("triton")
     spec = ssmc.presets.mamba(d_state=4, name="tuned_m1")
     lines = []
@@ -230,16 +246,8 @@ def test_siso_scan_schedule_is_tuned_on_triton_and_followed(backend, monkeypatch
     calls = []
     original = kernels.scan_fwd_time_parallel
     monkeypatch.setattr(kernels, "scan_fwd_time_parallel", lambda *a, **k: calls.append(1) or original(*a, **k))
-    gen = torch.Generator().manual_seed(3)
-    u, delta, z = (torch.randn(1, 4, 20, generator=gen) for _ in range(3))
-    A, B, C = -torch.rand(4, 4, generator=gen) - 0.5, torch.randn(1, 1, 4, 20, generator=gen), \
-        torch.randn(1, 1, 4, 20, generator=gen)
-    D, bias = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
-    y = module.apply(u, delta, A, B, C, D=D, z=z, delta_bias=bias)
+    _apply_mamba1(module, 1, 4, 20, torch.Generator().manual_seed(3))
     assert calls == [1]
-    ref = selective_scan_ref(*(t.double() for t in (u, delta, A, B, C)), D=D.double(), z=z.double(),
-                             delta_bias=bias.double(), delta_softplus=True)
-    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_siso_step_is_tuned_and_a_stored_winner_followed(backend, monkeypatch):
@@ -312,7 +320,6 @@ def test_siso_scan_threads_are_tuned_on_the_c_backend_and_followed(backend, monk
     the package's C scan kernels then run with the stored count for that shape bucket, with their own rule
     in another bucket, and the output still equals the reference."""
     from ssmc.cli_tune import tune_spec
-    from ssmc.reference import selective_scan_ref
     backend("c")
     spec = ssmc.presets.mamba(d_state=4, name="tuned_m1_c")
     lines = []
@@ -341,14 +348,5 @@ def test_siso_scan_threads_are_tuned_on_the_c_backend_and_followed(backend, monk
     gen = torch.Generator().manual_seed(4)
     for batch, threads in ((1, 3), (4, 1)):     # the stored bucket; another (small work: one thread)
         seen.clear()
-        u, delta, z = (torch.randn(batch, 8, 24, generator=gen) for _ in range(3))
-        A, B, C = -torch.rand(8, 4, generator=gen) - 0.5, torch.randn(batch, 1, 4, 24, generator=gen), \
-            torch.randn(batch, 1, 4, 24, generator=gen)
-        D, bias = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
-        u.requires_grad_(True)
-        y = module.apply(u, delta, A, B, C, D=D, z=z, delta_bias=bias)
-        y.sum().backward()
+        _apply_mamba1(module, batch, 8, 24, gen, backward=True)
         assert seen == [("scan_fwd", threads), ("scan_bwd", threads)]
-        ref = selective_scan_ref(*(t.detach().double() for t in (u, delta, A, B, C)), D=D.double(),
-                                 z=z.double(), delta_bias=bias.double(), delta_softplus=True)
-        assert ((y.detach().double() - ref).norm() / ref.norm()).item() < 1e-5
