@@ -15,6 +15,11 @@ Triton's autotuner. On the C backend (a CPU) a SISO spec's scan is timed with 1 
 faster thread count stored, which the package's C kernels read per shape bucket (`PackageTuning.threads`).
 Its scan/convolution choice stays the cost model's, and on the torch backend a SISO spec has nothing to
 tune (reported as skipped).
+A MultiHead or gated spec on Triton then has the autotuned stages of its winning pipeline tuned one by one
+(`tune_stages`): each call the pipeline makes of chunk_state, state_passing, chunk_scan or the GLA chunk
+stages, forward and backward, is timed on its own operands in every config the stage's autotuner would
+benchmark there, and the fastest stored as that stage's config for the call's bucket, which the
+package's stage library launches (ssmc/runtime/stages.py).
 """
 from __future__ import annotations
 
@@ -205,6 +210,59 @@ def tune_step(variable: str, spec, module, shape: dict, device, warmup: int = 1,
     return stored
 
 
+def _record_stage_calls(module, run) -> list:
+    """The Triton calls of autotuned stages that one forward+backward of the package makes (under its
+    current choice), one per (stage, shape bucket): [(name, params, operands, sizes)]."""
+    from .runtime import tuning
+    library = module.LIBRARY
+    library.recording = []
+    try:
+        run(True)
+        calls = library.recording
+    finally:
+        library.recording = None
+    distinct = {}
+    for name, params, operands, sizes in calls:
+        distinct.setdefault((name, tuning.bucket(sizes)), (name, params, operands, sizes))
+    return list(distinct.values())
+
+
+def tune_stages(variable: str, module, run, device, warmup: int = 1, repeats: int = 3, out=print) -> list:
+    """Time each autotuned Triton stage that the package's chosen pipeline calls (chunk_state, state_passing,
+    chunk_scan; the GLA chunk stages), at the operands of that call, in every planned config its autotuner
+    would benchmark there (the stage module's `stage_candidates`), and store the fastest as the stage's
+    config for the call's bucket, which the package's stage library then launches; returns the stored
+    entries."""
+    import torch
+
+    from .runtime import tuning
+    calls = _record_stage_calls(module, run)
+    if not calls:
+        out(f"{variable}: the chosen pipeline calls no autotuned Triton stage")
+        return []
+    stored_entries = []
+    with torch.no_grad():
+        for name, params, operands, sizes in calls:
+            configs = module.LIBRARY.candidates(name, sizes)
+            out(f"{variable}: stage {name} at {tuning.bucket(sizes)}: {len(configs)} planned configs")
+            results = []
+            for number, config in enumerate(configs, 1):
+                seconds = _time(lambda: module.LIBRARY.run_config(name, config, params, operands),
+                                device, warmup, repeats)
+                results.append((config, seconds))
+                out(f"  [{number}/{len(configs)}] {_config_label(config):<56} {seconds * 1e6:10.2f} us")
+            best = min(results, key=lambda r: r[1])
+            stored = {"config": dict(best[0]), "stage_s": best[1], "shape": sizes, "repeats": repeats,
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            path = tuning.store(module.TUNING.key, "triton", sizes, stored, stage=name)
+            if path is None:
+                out("  not stored: a file that ssmc did not write is in the way (see the warning)")
+                continue
+            out(f"  stored {name} {_config_label(best[0])} ({best[1] * 1e6:.2f} us) in {path}")
+            stored_entries.append(stored)
+    return stored_entries
+
+
 def _label(candidate) -> str:
     if candidate is None:
         return "scan"
@@ -282,6 +340,13 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     out("")
     if family == "siso" and backend == "triton":
         tune_step(variable, spec, module, full, device, warmup=warmup, repeats=repeats, out=out)
+        out("")
+    if family in ("multihead", "gated") and backend == "triton":
+        module.TUNING.force(stored)         # the stages of the winning pipeline, at its chunk size
+        try:
+            tune_stages(variable, module, run, device, warmup=warmup, repeats=repeats, out=out)
+        finally:
+            module.TUNING.force(None)
         out("")
     return stored
 

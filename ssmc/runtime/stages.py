@@ -160,7 +160,13 @@ def _contiguous(table: StageTable, operands: dict) -> dict:
 
 
 class StageLibrary:
-    """The stage kernels of one generated package, on every backend, called by table."""
+    """The stage kernels of one generated package, on every backend, called by table.
+
+    On Triton, an autotuned stage (the stage module's TUNED_STAGES) launches the config `ssmc tune` stored
+    for the call's shape bucket (`tuning`, the package's PackageTuning, sets itself here) when it is one of
+    the module's planned configs, else Triton's autotuner picks. `recording`, a list while `ssmc tune`
+    runs the pipeline once, collects each Triton call of an autotuned stage as (name, params, operands,
+    sizes), which it then times config by config (`run_config`)."""
 
     def __init__(self, package: str, directory: str, tables: dict):
         self.package = package
@@ -171,9 +177,24 @@ class StageLibrary:
         self._lock = threading.Lock()
         # the C stages' thread count when tuned (ssmc/runtime/tuning.py), else None: the default rule
         self.c_threads = None
+        self.tuning = None
+        self.recording = None
 
     def run(self, name: str, params: dict | None = None, **operands) -> list:
         """Outputs of stage `name` on `operands` (tensors by table name), on the backend of their device."""
+        return self._run(name, params, operands, None)
+
+    def run_config(self, name: str, config: dict, params: dict | None, operands: dict) -> list:
+        """`run` on Triton with the autotuned stage `name` launched in `config` (one of its planned configs):
+        what `ssmc tune` times."""
+        return self._run(name, params, operands, config)
+
+    def candidates(self, name: str, sizes: dict) -> list:
+        """The planned configs of the autotuned Triton stage `name` that its autotuner benchmarks at a call
+        whose table bound `sizes`."""
+        return self._module("triton").stage_candidates(name, sizes)
+
+    def _run(self, name: str, params: dict | None, operands: dict, config: dict | None) -> list:
         table = self.tables[name]
         params = dict(params or {})
         operands = _contiguous(table, operands)
@@ -184,11 +205,28 @@ class StageLibrary:
         if any(x.numel() == 0 for x in outputs):
             raise ShapeError(f"{name}: empty outputs never reach a kernel; the caller handles them")
         backend = select_backend(like.device)
+        if config is not None and backend != "triton":
+            raise ShapeError(f"{name}: a launch config applies to the Triton backend only, not {backend}")
         if backend == "c":
             self._run_c(table, operands, outputs, sizes, params, like.dtype)
-        else:
-            getattr(self._module(backend), name)(**operands, **params, **{o.name: x for o, x in zip(table.outputs, outputs)})
+            return outputs
+        module = self._module(backend)
+        launch = dict(params)
+        if backend == "triton" and name in getattr(module, "TUNED_STAGES", ()):
+            if self.recording is not None and config is None:
+                self.recording.append((name, params, operands, sizes))
+            config = config if config is not None else self._stored_config(module, name, sizes)
+            launch["config"] = config
+        getattr(module, name)(**operands, **launch, **{o.name: x for o, x in zip(table.outputs, outputs)})
         return outputs
+
+    def _stored_config(self, module, name: str, sizes: dict) -> dict | None:
+        """The config `ssmc tune` stored for the autotuned stage at the call's bucket, if it is one of the
+        module's planned configs (a file of another compiler's may hold others); else None, the autotuner."""
+        if self.tuning is None:
+            return None
+        config = self.tuning.stage_config(name, "triton", sizes)
+        return config if config is not None and config in module.TUNED_STAGES[name][0] else None
 
     def _module(self, backend: str):
         module = self._modules.get(backend)

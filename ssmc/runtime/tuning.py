@@ -7,7 +7,8 @@ hash of the schedule's candidates (`package_key`), so a package compiled under a
 a changed spec, never reads another's winners. Inside, entries keyed by target and shape bucket
 (`bucket`: each size rounded up to a power of two, so batch 3 and 4 share one) map to the winning
 choice: the pipeline and chunk, and on the C backend the thread count, plus the measured times.
-A stage tuned on its own (the SISO decoding step, `scan_step`: its kernel's launch config) has
+A stage tuned on its own (the SISO decoding step, `scan_step`, and the autotuned Triton stages of the
+MultiHead and gated packages, chunk_state etc.: a kernel's launch config) has
 entries keyed by target, stage and bucket (`triton/scan_step|batch=8,dim=2048,state=16`) holding
 `{"config": {...}, ...}`; the format is otherwise unchanged (same VERSION: a file without such
 entries reads as before, and a reader that does not know them never looks them up).
@@ -248,6 +249,8 @@ class PackageTuning:
         self.candidates = [tuple(c) if isinstance(c, (list, tuple)) else c for c in candidates]
         self.key = package_key(spec_hash, self.candidates)
         self.library = library
+        if library is not None:
+            library.tuning = self       # its Triton stages launch the configs stored for them
         self.forced = None
         self._entries = {}          # target -> (generation, entries): one dict lookup per call
 
