@@ -2,7 +2,7 @@
 sm_90, with per config its registers, spills, shared memory and the SASS instructions of its main
 loop, per time step and per (t, n) element.
 
-    python benchmarks/sm90_report.py [--quick] [--only NAME[,NAME...]]
+    python benchmarks/sm90_report.py [--quick] [--all-configs] [--only NAME[,NAME...]]
 
 How it works, without a GPU:
 - each spec (Mamba-1, Mamba-2, GLA, S5 presets) is compiled to a package by ssmc; its Triton
@@ -105,9 +105,10 @@ def record(module, launcher, *args, **kwargs):
 
 # ---------------------------------------------------------------- compiling one launch for sm_90
 
-def _configs(kernel, args, kwargs, quick):
+def _configs(kernel, args, kwargs, quick, unpruned=False):
     """(the JITFunction, [config kwargs]) of a recorded launch: the autotuner's configs kept by its
-    pruner at these arguments (all of them, or the first with quick), or one empty config."""
+    pruner at these arguments (all of them, or the first with quick; unpruned: every config it was
+    given, to check the pruning against what ptxas does), or one empty config."""
     from triton.runtime.autotuner import Autotuner, Heuristics
     configs, heuristics = [None], []
     obj = kernel
@@ -115,7 +116,7 @@ def _configs(kernel, args, kwargs, quick):
         if isinstance(obj, Autotuner):
             nargs = dict(zip(obj.arg_names, args))
             kept = obj.configs
-            if obj.early_config_prune:
+            if obj.early_config_prune and not unpruned:
                 kept = obj.early_config_prune(obj.configs, nargs, **kwargs)
             configs = kept[:1] if quick else kept
         elif isinstance(obj, Heuristics):
@@ -361,11 +362,11 @@ def all_launches(dtype_names):
 
 # ---------------------------------------------------------------- the report
 
-def report_kernel(kernel_name, kernel, args, kwargs, quick=False):
+def report_kernel(kernel_name, kernel, args, kwargs, quick=False, unpruned=False):
     """Rows (dicts) of one recorded launch, one per config."""
     rows = []
     try:
-        fn, configs, heuristics = _configs(kernel, args, kwargs, quick)
+        fn, configs, heuristics = _configs(kernel, args, kwargs, quick, unpruned)
     except Exception as error:          # noqa: BLE001
         return [dict(kernel=kernel_name, config="?", error=f"{type(error).__name__}: {error}")]
     for config in configs:
@@ -401,7 +402,7 @@ def report_kernel(kernel_name, kernel, args, kwargs, quick=False):
     return rows
 
 
-def report_launch(label, module, launcher, kwargs, quick=False):
+def report_launch(label, module, launcher, kwargs, quick=False, unpruned=False):
     if isinstance(launcher, Exception):
         return [dict(stage=label, kernel="-", config="-", error=f"{type(launcher).__name__}: {launcher}")]
     try:
@@ -410,7 +411,7 @@ def report_launch(label, module, launcher, kwargs, quick=False):
         return [dict(stage=label, kernel="-", config="-", error=f"launcher: {type(error).__name__}: {error}")]
     rows = []
     for kernel_name, kernel, grid, args, kw in calls:
-        for row in report_kernel(kernel_name, kernel, args, kw, quick):
+        for row in report_kernel(kernel_name, kernel, args, kw, quick, unpruned):
             rows.append(dict(stage=label, **row))
     return rows
 
@@ -446,6 +447,9 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="comma-separated substrings of stage labels to keep")
     parser.add_argument("--dtypes", default="bf16,fp32", help="bf16,fp32")
     parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--all-configs", action="store_true",
+                        help="every planned config of an autotuned kernel, not only those its pruning keeps at the "
+                             "shape (to check the resource model: what it prunes, what spills)")
     options = parser.parse_args(argv)
     tools = _tools()
     missing = [k for k in ("ptxas", "cuobjdump") if tools[k] is None]
@@ -459,7 +463,7 @@ def main(argv=None):
     for dname, label, module, launcher, kwargs in all_launches(options.dtypes.split(",")):
         if only and not any(s in label for s in only):
             continue
-        for row in report_launch(label, module, launcher, kwargs, options.quick):
+        for row in report_launch(label, module, launcher, kwargs, options.quick, options.all_configs):
             rows.append(dict(dtype=dname, **row))
             print(f"  {dname} {label} {row.get('kernel')} {row.get('config')}: "
                   + (f"error {row['error']}" if "error" in row else

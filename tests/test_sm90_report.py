@@ -89,6 +89,38 @@ def test_the_decoding_step_compiles_for_sm90_and_counts_as_one_step(tmp_path):
     assert row["loop"] == row["sass"] and row["per_step"] == row["sass"] and row["per_elem"] > 0
 
 
+CONFIGS_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import sm90_report as report
+import ssmc.presets
+dims = dict(batch=2, len=64, heads=4, u_heads=4, headdim=16, state=16, b_heads=1, c_heads=1, chunk=16, chunks=4)
+counts = {}
+for label, module, launcher, kwargs in report.stage_launches(ssmc.presets.mamba2(d_state=16, headdim=16), dims,
+                                                             report.F32, label="t"):
+    if label.endswith("chunk_state"):
+        (name, kernel, grid, args, kw), = report.record(module, launcher, **kwargs)
+        counts = {str(unpruned): [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                                  for c in report._configs(kernel, args, kw, False, unpruned)[1]]
+                  for unpruned in (False, True)}
+        counts["planned"] = module.CHUNK_STATE_CONFIGS
+        counts["kept"] = module.stage_candidates("chunk_state", dims)
+print(json.dumps(counts, default=str))
+"""
+
+
+def test_all_configs_reports_every_planned_config_and_the_default_the_kept_ones():
+    """`--all-configs` (to check the resource model against ptxas) takes every planned config of an
+    autotuned kernel; without it, those its pruning keeps at the shape. Nothing is compiled here."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", CONFIGS_SCRIPT, str(ROOT / "benchmarks")], capture_output=True,
+                            text=True, env=env, cwd=str(ROOT), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["True"] == counts["planned"]
+    assert counts["False"] == counts["kept"] and 0 < len(counts["kept"]) < len(counts["planned"])
+
+
 def test_loop_parsing():
     """The loop finder on hand-written SASS: innermost loops only, an unrolled loop next to its
     remainder loop counted per iteration, a branch to itself ignored."""
