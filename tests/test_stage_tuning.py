@@ -166,10 +166,26 @@ def test_tune_spec_tunes_the_stages_of_the_winning_pipeline(backend, monkeypatch
     assert compile_package(spec, "auto").TUNING.forced is None
 
 
-def test_a_launch_config_on_another_backend_is_refused(backend):
-    from ssmc.errors import ShapeError
-    backend("torch")
-    module = compile_package(ssmc.presets.mamba2(d_state=4, headdim=4, name="stage_config_torch"), "auto")
+def test_a_launch_config_is_refused_off_triton_and_for_a_stage_not_autotuned(backend):
+    from ssmc.errors import ScheduleError
+    module = compile_package(ssmc.presets.mamba2(d_state=4, headdim=4, name="stage_config_refused"), "auto")
     operands = dict(states=torch.zeros(1, 2, 2, 4, 4), carry=torch.ones(1, 2, 2), h0=None)
-    with pytest.raises(ShapeError, match="Triton backend only"):
+    backend("torch")
+    with pytest.raises(ScheduleError, match="Triton backend only"):
         module.LIBRARY.run_config("state_passing", {"BLOCK": 32, "num_warps": 1}, None, operands)
+    backend("triton")
+    gen = torch.Generator().manual_seed(2)
+    step = dict(u=torch.randn(1, 2, 4, generator=gen), log_decay=-torch.rand(1, 2, generator=gen),
+                B=torch.randn(1, 1, 4, generator=gen), C=torch.randn(1, 1, 4, generator=gen),
+                ssm_state=torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ScheduleError, match="ssd_step: not an autotuned stage"):
+        module.LIBRARY.run_config("ssd_step", {"BLOCK": 32}, None, step)
+    # a planned config runs, and runs right: entering_{c+1} = carry_c · entering_c + states_c from zero
+    states, carry = torch.randn(1, 2, 2, 4, 4, generator=gen), torch.rand(1, 2, 2, generator=gen)
+    config = module.LIBRARY.candidates("state_passing", {"headdim": 4, "state": 4})[0]
+    entering, final = module.LIBRARY.run_config("state_passing", config, None, dict(states=states, carry=carry, h0=None))
+    expected = torch.zeros(1, 2, 4, 4)
+    for c in range(2):
+        assert torch.allclose(entering[:, c], expected)
+        expected = carry[:, :, c, None, None] * expected + states[:, c]
+    assert torch.allclose(final, expected)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import CompileError, ShapeError
+from ..errors import CompileError, ScheduleError, ShapeError
 from .backend import select_backend
 
 _FLOAT_TYPES = {torch.float32: "float", torch.float64: "double"}
@@ -206,13 +206,17 @@ class StageLibrary:
             raise ShapeError(f"{name}: empty outputs never reach a kernel; the caller handles them")
         backend = select_backend(like.device)
         if config is not None and backend != "triton":
-            raise ShapeError(f"{name}: a launch config applies to the Triton backend only, not {backend}")
+            raise ScheduleError(f"{name}: a launch config applies to the Triton backend only, not {backend}")
         if backend == "c":
             self._run_c(table, operands, outputs, sizes, params, like.dtype)
             return outputs
         module = self._module(backend)
         launch = dict(params)
-        if backend == "triton" and name in getattr(module, "TUNED_STAGES", ()):
+        tuned = backend == "triton" and name in getattr(module, "TUNED_STAGES", ())
+        if config is not None and not tuned:
+            raise ScheduleError(f"{name}: not an autotuned stage of this package, so it takes no launch config "
+                                f"(those that do: {', '.join(getattr(module, 'TUNED_STAGES', ())) or 'none'})")
+        if tuned:
             if self.recording is not None and config is None:
                 self.recording.append((name, params, operands, sizes))
             config = config if config is not None else self._stored_config(module, name, sizes)
