@@ -46,6 +46,7 @@ KERNEL_NAMES = {"scan": "scan_kernel", "conv": "conv_kernel"}
 DEFAULT_SPACES = {
     "scan_kernel": {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]},
     "scan_tiled_kernel": {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]},
+    "scan_tiled_fwd_kernel": {"BLOCK_D": [1, 2, 4, 8, 16], "BLOCK_T": [16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]},
     "scan_step_kernel": {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]},
     "conv_kernel": {"BLOCK_L": [64, 128, 256], "BLOCK_N": [16, 32, 64]},
 }
@@ -150,7 +151,7 @@ def _returns(block, names, optional=()) -> str:
 
 # each scan kernel's configs (the module's name for them, the planner's kernel, the schedule's axes)
 PLANNED_CONFIGS = (("SCAN_FWD_CONFIGS", "scan_fwd", "scan_kernel"), ("SCAN_BWD_CONFIGS", "scan_bwd", "scan_kernel"),
-                   ("TILED_FWD_CONFIGS", "scan_tiled_fwd", "scan_tiled_kernel"),
+                   ("TILED_FWD_CONFIGS", "scan_tiled_fwd", "scan_tiled_fwd_kernel"),
                    ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_kernel"),
                    ("STEP_CONFIGS", "scan_step", "scan_step_kernel"))
 

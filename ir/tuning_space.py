@@ -15,8 +15,13 @@ unless
   (times 2 for complex pairs), pass REGISTER_LIMIT, where the kernel spills.
 `live_tiles`, the number of float tiles live in a kernel's loop, is calibrated on the sm_90 report of
 the kernels (benchmarks/RESULTS.md): the sequential forward uses 80 / 128 registers at 8 / 16 elements
-per thread (6 tiles), its backward 147 / 255 (13 tiles); the time-parallel forward alike (6), its
-backward, whose two scans carry four values each, spills at 16 elements per thread (14 tiles).
+per thread (6 tiles), its backward 147 / 255 (13 tiles); the time-parallel backward, whose two scans
+carry four values each, spills at 16 elements per thread (14 tiles). The time-parallel forward loops over
+the states, so its tile is one state's (BLOCK_D, BLOCK_T) (`one_state`), and everything per state
+(decay, input, the scan's pairs, the carry applied, the readout) is live at once beside the tile's u, dt
+and y, the next state's loads in flight: about 100 / 140 / 185 registers at 2 / 4 / 8 elements per
+thread, spilling at 16 (24 tiles keeps 8, prunes 16). Below 4 elements per thread its scan's cross-lane
+steps dominate: 45-137 instructions per (t, n) element against 21-27 at 4-8 (`min_per_thread`).
 The decoding step (`scan_step`, one token: no time loop) keeps A, the decay, the input scale, B, C and
 the state in one (BLOCK_D, N_PAD) tile each, the scale and B folding into sB before the state is
 advanced: 6 tiles, like the forward. The sm_90 report measures fewer, about 4.3 (168 registers at 32
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
@@ -45,6 +51,8 @@ class KernelModel:
     tile: tuple          # tunable names multiplied with N_PAD; a name absent from a config counts as `fixed`
     live_tiles: int
     fixed: tuple = ()    # ((name, value), ...): a tile size set by the launcher, not tuned (the backward's chunk)
+    one_state: bool = False   # the tile is one state's (a loop over the states): N_PAD does not multiply it
+    min_per_thread: int = 1   # fewer tile elements per thread cost more instructions per element than they save
 
 
 # the chunk of the training forward's checkpoints (ssmc.runtime.ops.CHECKPOINT_CHUNK): the time-parallel
@@ -54,7 +62,7 @@ CHECKPOINT_CHUNK = 64
 MODELS = {
     "scan_fwd": KernelModel("scan_fwd", ("BLOCK_D",), 6),
     "scan_bwd": KernelModel("scan_bwd", ("BLOCK_D",), 13),
-    "scan_tiled_fwd": KernelModel("scan_tiled_fwd", ("BLOCK_D", "BLOCK_T"), 6),
+    "scan_tiled_fwd": KernelModel("scan_tiled_fwd", ("BLOCK_D", "BLOCK_T"), 24, one_state=True, min_per_thread=4),
     "scan_tiled_bwd": KernelModel("scan_tiled_bwd", ("BLOCK_D", "BLOCK_T"), 14,
                                   fixed=(("BLOCK_T", CHECKPOINT_CHUNK),)),
     "scan_step": KernelModel("scan_step", ("BLOCK_D",), 6),     # estimated (see above), not measured
@@ -70,7 +78,7 @@ def _points(axes: dict):
 def estimated_registers(model: KernelModel, config: dict, n_pad: int, complex_state: bool) -> tuple:
     """(tile elements, threads, registers per thread) of `config` by the model."""
     sizes = dict(model.fixed) | config
-    elements = n_pad * math.prod(sizes[name] for name in model.tile)
+    elements = (1 if model.one_state else n_pad) * math.prod(sizes[name] for name in model.tile)
     threads = WARP * config.get("num_warps", 4)
     per_thread = elements / threads
     return elements, threads, BASE_REGISTERS + model.live_tiles * (2 if complex_state else 1) * per_thread
@@ -89,6 +97,8 @@ def plan_configs(kernel: str, axes: dict, n_state: int, complex_state: bool) -> 
         elements, threads, registers = estimated_registers(model, config, n_pad, complex_state)
         if elements < threads:
             pruned["idle threads"] += 1
+        elif elements < model.min_per_thread * threads:
+            pruned["few elements per thread"] += 1
         elif registers > REGISTER_LIMIT:
             pruned["registers"] += 1
         else:
@@ -99,10 +109,11 @@ def plan_configs(kernel: str, axes: dict, n_state: int, complex_state: bool) -> 
     return kept, pruned
 
 
-def config_comment(kernel: str, kept: list, pruned: Counter) -> str:
-    """One line saying what the planner kept and pruned (printed above the configs in the module)."""
+def config_comment(kernel: str, kept: list, pruned: Counter, planned: str = "from the spec's shapes") -> str:
+    """A comment saying what the planner kept and pruned (printed above the configs in the module), wrapped."""
     why = ", ".join(f"{count} for {reason}" for reason, count in sorted(pruned.items()) if count) or "none"
-    return f"# {kernel}: {len(kept)} configs planned from the spec's shapes; pruned: {why}"
+    return textwrap.fill(f"# {kernel}: {len(kept)} configs planned {planned}; pruned: {why}", width=110,
+                         subsequent_indent="#   ")
 
 
 # -- the Mamba-2 (SSD) chunk stages: chunk_state, chunk_scan, state_passing --------------------------------
@@ -316,7 +327,7 @@ def stage_configs_text() -> str:
              inspect.getsource(stage_config_fault).rstrip(), "", ""]
     for stage in STAGE_AXES:
         kept, pruned = plan_stage_configs(stage)
-        lines += [config_comment(stage, kept, pruned).replace("from the spec's shapes", "for every size"),
+        lines += [config_comment(stage, kept, pruned, planned="for every size"),
                   f"{stage.upper()}_CONFIGS = ["]
         lines += [f"    dict({', '.join(f'{k}={v}' for k, v in config.items())})," for config in kept]
         lines += ["]"]

@@ -1,5 +1,6 @@
-"""The time-parallel SISO scan kernels (tiles of (channels, states, steps), tl.associative_scan over
-time) of the Triton backend, under the interpreter, against the float64 reference.
+"""The time-parallel SISO scan kernels (tl.associative_scan over time: the forward one state's (channels,
+steps) tile at a time, the backward (channels, states, steps) tiles) of the Triton backend, under the
+interpreter, against the float64 reference.
 
 - Through the layer's custom op with the schedule forced to "time_parallel" (every spec of
   test_backward_triton: real and complex, selective and time-invariant dt / B / C, a custom
@@ -10,6 +11,7 @@ time) of the Triton backend, under the interpreter, against the float64 referenc
 - The deterministic mode (partial sums per program, summed on the host): equal to the reference and
   bit-identical across runs and program orders.
 - Native dtypes and strides: bf16 u and z read as they are; a strided u needs no copy.
+- States past the forward's block of 16: y of the earlier blocks carried through `out`.
 """
 import random
 
@@ -108,6 +110,13 @@ KERNEL_SPECS = {
     "mamba": (ssmc.presets.mamba(d_state=4, groups=2), dict(groups=2), "mamba"),
     "complex_selective": CASES["complex_selective"],
 }
+# states past the forward's block of 16 (TILED_STATE_BLOCK): 20 pad to 32, two blocks, the second ragged
+WIDE_SPECS = {
+    "mamba_20": (ssmc.presets.mamba(d_state=20), dict(), "mamba"),
+    "complex_20": (ssmc.SSM("cx20", 20, A=ssmc.Diagonal(real=False), discretization=ssmc.ZOH(),
+                            selective=("dt", "B", "C"), dt_softplus=True, dt_bias=True, gate=True),
+                   dict(complex_state=True), "zoh"),
+}
 
 
 def _kernel_args(kernels, inputs, h0):
@@ -147,7 +156,7 @@ def _kernel_grads(spec, result):
 
 
 def _check_kernels(name, fwd_config, bwd_config, chunk, length=LENGTH, dim=8, bwd_schedule="time_parallel"):
-    spec, arguments, discretization = KERNEL_SPECS[name]
+    spec, arguments, discretization = {**KERNEL_SPECS, **WIDE_SPECS}[name]
     kernels = _kernels(spec)
     inputs = scan_inputs(batch=2, dim=dim, length=length, n_state=spec.d_state, **arguments)
     h0 = _initial_state(spec, 2, dim)
@@ -193,6 +202,30 @@ def test_every_backward_config(name, chunk, shuffled_programs):
     assert len(points) > 1
     for (block_d,) in points:
         _check_kernels(name, None, triton.Config({"BLOCK_D": block_d}, num_warps=1), chunk=chunk)
+
+
+@pytest.mark.parametrize("name", list(WIDE_SPECS))
+def test_states_in_several_blocks(name, shuffled_programs):
+    """The forward takes 16 states at a time: with 20 (padded to 32) y of the first block waits in out while
+    the second runs, and only the last applies the epilogue; checkpoints inside and at the start of tiles."""
+    kernels = _kernels(WIDE_SPECS[name][0])
+    assert kernels.TILED_STATE_BLOCK == 16
+    _check_kernels(name, triton.Config({"BLOCK_D": 2, "BLOCK_T": 16}, num_warps=1), None, chunk=8,
+                   bwd_schedule="sequential")
+    _check_kernels(name, triton.Config({"BLOCK_D": 4, "BLOCK_T": 32}, num_warps=1), None, chunk=32,
+                   bwd_schedule="sequential")
+
+
+def test_time_invariant_states_in_several_blocks_through_the_layer(backend, monkeypatch, shuffled_programs):
+    """S4D-like (time-invariant dt, B, C; complex, bilinear) with 20 states: every output and gradient of the
+    layer, the forward on the time-parallel schedule in two blocks of states."""
+    backend("triton")
+    monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 8)
+    spec = ssmc.SSM("lc20", 20, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear())
+    _force(monkeypatch, spec)
+    inputs = scan_inputs(batch=2, dim=8, length=LENGTH, n_state=20, selective=(), complex_state=True)
+    for grad_name, grad, ref in _gradients(spec, inputs, "bilinear", h0=_initial_state(spec, 2, 8)):
+        assert rel_error(grad, ref) < TOL, grad_name
 
 
 def test_a_chunk_that_is_not_a_multiple_of_the_tile():
@@ -322,7 +355,8 @@ def test_the_schedule_is_the_preferred_one_where_it_fits(monkeypatch):
     assert kernels.choose_schedule(2048, 16, 64, backward=True) == "time_parallel"
     assert kernels.choose_schedule(8, 16, 64) == "sequential"                  # shorter than a tile
     assert kernels.choose_schedule(2048, 16, 48, backward=True) == "sequential"   # the tile is the chunk
-    assert kernels.choose_schedule(2048, 512, 64) == "sequential"              # a tile past TILED_MAX_TILE
+    assert kernels.choose_schedule(2048, 512, 64, backward=True) == "sequential"  # a tile past TILED_MAX_TILE
+    assert kernels.choose_schedule(2048, 512, 64) == "time_parallel"           # the forward's tile is one state's
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "time_parallel"])

@@ -9,6 +9,7 @@ from ssmc.ir.tuning_space import MODELS, REGISTER_LIMIT, config_comment, estimat
 
 SEQUENTIAL_AXES = {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}
 TILED_AXES = {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
+TILED_FWD_AXES = {"BLOCK_D": [1, 2, 4, 8, 16], "BLOCK_T": [16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]}
 STEP_AXES = {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]}
 
 
@@ -19,12 +20,23 @@ def test_the_sm90_report_s_spilling_and_idle_configs_are_pruned():
     kept, pruned = plan_configs("scan_fwd", SEQUENTIAL_AXES, 16, False)
     assert {"BLOCK_D": 64, "num_warps": 2} in kept
     assert {"BLOCK_D": 8, "num_warps": 8} not in kept and pruned["idle threads"] >= 1
-    kept, pruned = plan_configs("scan_tiled_fwd", TILED_AXES, 16, False)
+
+def test_the_time_parallel_forward_s_tile_is_one_state_s():
+    """The time-parallel forward loops over the states: its tile is (BLOCK_D, BLOCK_T) whatever N, so N 4
+    and N 16 plan the same list. By the sm_90 report (Mamba-1, bf16, with checkpoints): (8, 64) on 2 warps
+    (8 elements per thread) takes 186 registers and 23.2 instructions per element, kept; (8, 64) on one
+    warp (16 per thread) 255 registers and 24 spill instructions, pruned; (8, 64) on 8 warps (2 per
+    thread) 43.1 per element, pruned as too few elements per thread."""
+    kept, pruned = plan_configs("scan_tiled_fwd", TILED_FWD_AXES, 16, False)
+    assert kept == plan_configs("scan_tiled_fwd", TILED_FWD_AXES, 4, False)[0]
+    assert {"BLOCK_D": 8, "BLOCK_T": 64, "num_warps": 2} in kept
     assert {"BLOCK_D": 8, "BLOCK_T": 64, "num_warps": 1} not in kept and pruned["registers"] >= 1
-    assert {"BLOCK_D": 1, "BLOCK_T": 64, "num_warps": 1} in kept          # 233 registers, no spill, measured
+    assert {"BLOCK_D": 8, "BLOCK_T": 64, "num_warps": 8} not in kept and pruned["few elements per thread"] >= 1
     for config in kept:
         elements, threads, registers = estimated_registers(MODELS["scan_tiled_fwd"], config, 16, False)
-        assert threads <= elements and registers <= REGISTER_LIMIT
+        assert 4 * threads <= elements == config["BLOCK_D"] * config["BLOCK_T"] and registers <= REGISTER_LIMIT
+    complex_kept, _ = plan_configs("scan_tiled_fwd", TILED_FWD_AXES, 16, True)
+    assert set(map(str, complex_kept)) < set(map(str, kept))
 
 
 def test_the_backward_keeps_fewer_tiles_per_thread_and_complex_states_twice_fewer():
@@ -78,7 +90,8 @@ def test_the_generated_module_runs_the_planned_configs(spec):
     for variable, kernel in (("SCAN_FWD_CONFIGS", "scan_fwd"), ("SCAN_BWD_CONFIGS", "scan_bwd"),
                              ("TILED_FWD_CONFIGS", "scan_tiled_fwd"), ("TILED_BWD_CONFIGS", "scan_tiled_bwd"),
                              ("STEP_CONFIGS", "scan_step")):
-        axes = TILED_AXES if "tiled" in kernel else STEP_AXES if kernel == "scan_step" else SEQUENTIAL_AXES
+        axes = (TILED_FWD_AXES if kernel == "scan_tiled_fwd" else TILED_AXES if "tiled" in kernel
+                else STEP_AXES if kernel == "scan_step" else SEQUENTIAL_AXES)
         assert getattr(kernels, variable) == plan_configs(kernel, axes, spec.d_state, spec.is_complex)[0], variable
     # the autotuners hold the planned configs (the first alone under the interpreter)
     for variable, autotuner in (("SCAN_FWD_CONFIGS", kernels._scan_fwd_kernel),
