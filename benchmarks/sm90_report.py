@@ -240,7 +240,10 @@ def loop_work(kernel_name, consts):
     c = consts
     if kernel_name in ("_scan_fwd_kernel", "_scan_bwd_kernel", "_scan_step_kernel"):
         return 1, c["BLOCK_D"] * c["N_PAD"], "BLOCK_D·N_PAD"
-    if kernel_name in ("_scan_fwd_tiled_kernel", "_scan_bwd_tiled_kernel"):
+    if kernel_name == "_scan_fwd_tiled_kernel":     # a tile's loop covers one block of states
+        states = min(c["N_PAD"], c.get("STATE_BLOCK", c["N_PAD"]))
+        return c["BLOCK_T"], c["BLOCK_D"] * states * c["BLOCK_T"], "BLOCK_D·STATE_BLOCK·BLOCK_T"
+    if kernel_name == "_scan_bwd_tiled_kernel":
         return c["BLOCK_T"], c["BLOCK_D"] * c["N_PAD"] * c["BLOCK_T"], "BLOCK_D·N_PAD·BLOCK_T"
     if kernel_name in ("_ssd_scan_kernel", "_gla_scan_kernel"):
         return 1, c["BLOCK_P"] * c["BLOCK_N"], "BLOCK_P·BLOCK_N"
