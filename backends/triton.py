@@ -45,7 +45,7 @@ LOG2E = sympy.Symbol("LOG2E", positive=True)   # a tl.constexpr of the generated
 KERNEL_NAMES = {"scan": "scan_kernel", "conv": "conv_kernel"}
 DEFAULT_SPACES = {
     "scan_kernel": {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]},
-    "scan_tiled_kernel": {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]},
+    "scan_tiled_bwd_kernel": {"BLOCK_D": [1, 2, 4, 8, 16], "num_warps": [1, 2, 4, 8]},
     "scan_tiled_fwd_kernel": {"BLOCK_D": [1, 2, 4, 8, 16], "BLOCK_T": [16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]},
     "scan_step_kernel": {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]},
     "conv_kernel": {"BLOCK_L": [64, 128, 256], "BLOCK_N": [16, 32, 64]},
@@ -152,7 +152,7 @@ def _returns(block, names, optional=()) -> str:
 # each scan kernel's configs (the module's name for them, the planner's kernel, the schedule's axes)
 PLANNED_CONFIGS = (("SCAN_FWD_CONFIGS", "scan_fwd", "scan_kernel"), ("SCAN_BWD_CONFIGS", "scan_bwd", "scan_kernel"),
                    ("TILED_FWD_CONFIGS", "scan_tiled_fwd", "scan_tiled_fwd_kernel"),
-                   ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_kernel"),
+                   ("TILED_BWD_CONFIGS", "scan_tiled_bwd", "scan_tiled_bwd_kernel"),
                    ("STEP_CONFIGS", "scan_step", "scan_step_kernel"))
 
 
@@ -179,6 +179,55 @@ def scale_is_dt(discretize, scan) -> bool:
     return scale is not None and isinstance(scale, sympy.Symbol) and scale.name == "dt" and "scale_im" not in values
 
 
+def decay_is_exp(discretize, scan) -> bool:
+    """Whether the plan's decay is exp(dt·A) (zero-order hold: Mamba, S4D): then a_t·h_{t-1} = h_t - b_t,
+    and the time-parallel backward takes the decay's gradient from h_t without scanning for h_{t-1}
+    (G·conj(h_{t-1}) times conj(∂a) is G·conj(h_t - b_t) times conj(A) for dt, dt for A)."""
+    values = _inlined(discretize)
+    decay_re, decay_im = values.get("decay_re"), values.get("decay_im", sympy.S.Zero)
+    if decay_re is None:
+        return False
+    symbols = {s.name: s for s in decay_re.free_symbols | decay_im.free_symbols}
+    if not set(symbols) <= {"A_re_log2e", "A_im", "dt"} or "A_re_log2e" not in symbols or "dt" not in symbols:
+        return False
+    growth = exp2(symbols["A_re_log2e"] * symbols["dt"])
+    if not scan.complex:
+        return sympy.simplify(decay_re - growth) == 0
+    if "A_im" not in symbols:
+        return False
+    angle = symbols["A_im"] * symbols["dt"]
+    return (sympy.simplify(decay_re - growth * sympy.cos(angle)) == 0
+            and sympy.simplify(decay_im - growth * sympy.sin(angle)) == 0)
+
+
+def _inlined(block) -> dict:
+    """A printed block's targets as whole expressions of its inputs."""
+    values = {}
+    for target, expr in block:
+        values[target] = expr.xreplace({s: values[s.name] for s in expr.free_symbols if s.name in values})
+    return values
+
+
+def grad_of_scale(grad_discretize) -> tuple:
+    """The discretization's vector-Jacobian product with the decay's cotangent 0: the input scale's share
+    alone (with DECAY_IS_EXP the time-parallel backward has the decay's share another way; passing 0.0 to
+    _grad_discretize would still compute it, times zero)."""
+    values = _inlined(grad_discretize)
+    zero = {s: sympy.S.Zero for expr in values.values() for s in expr.free_symbols
+            if s.name in ("grad_decay_re", "grad_decay_im")}
+    targets = [(name, values[name].xreplace(zero)) for name in ("grad_dt", "grad_A_re", "grad_A_im") if name in values]
+    replacements, reduced = sympy.cse([e for _, e in targets], symbols=sympy.numbered_symbols("gtmp"))
+    return tuple((str(s), e) for s, e in replacements) + tuple((n, e) for (n, _), e in zip(targets, reduced))
+
+
+def epilogue_linear_in_y(scan) -> bool:
+    """Whether out is linear in the readout y (a skip and a gate are): then y's gradient needs no y, and the
+    time-parallel backward can run its states one at a time."""
+    out = _inlined(scan.epilogue_block).get("out")
+    y = next((s for s in out.free_symbols if s.name == "y"), None) if out is not None else None
+    return y is None or sympy.diff(out, y, 2) == 0
+
+
 def _scan_context(lowered, scan) -> dict:
     """What templates/triton/siso/scan_plan.py.jinja prints: the flags, the tunables and the blocks."""
     if scan.direction != "forward":
@@ -199,19 +248,23 @@ def _scan_context(lowered, scan) -> dict:
     _returns(scan.epilogue_block, ("out",))
     return dict(
         flags=_flags_text(scan), configs=_configs_text(lowered, scan), scale_is_dt=scale_is_dt(discretize, scan),
+        decay_is_exp=decay_is_exp(discretize, scan), epilogue_linear_in_y=epilogue_linear_in_y(scan),
         dt_lines=lines(scan.dt_block), discretize_lines=lines(discretize),
         discretize_returns=_returns(discretize, ("decay_re", "decay_im", "scale_re", "scale_im"), IMAGINARY),
         epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),
         grad_epilogue_returns=_returns(scan.grad_epilogue_block, ("grad_y", "grad_u", "grad_D", "grad_z"),
                                        ("grad_u", "grad_D", "grad_z")),
         grad_discretize_lines=lines(grad_discretize),
+        grad_scale_lines=lines(grad_of_scale(grad_discretize)),
+        grad_scale_returns=_returns(grad_of_scale(grad_discretize), ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
         grad_discretize_returns=_returns(grad_discretize, ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
         grad_dt_lines=lines(scan.grad_dt_block),
         grad_dt_returns=_returns(scan.grad_dt_block, ("grad_delta", "grad_dt_bias"), ("grad_dt_bias",)))
 
 
 SCAN_TEMPLATES = ("scan_plan", "scan_common", "scan_fwd", "scan_bwd", "scan_tiled_common", "scan_schedule",
-                  "scan_tiled_fwd", "scan_tiled_bwd", "scan_tiled_bwd_launch", "scan_step")
+                  "scan_tiled_fwd", "scan_tiled_bwd", "scan_tiled_bwd_state", "scan_tiled_bwd_launch",
+                  "scan_step")
 CONV_TEMPLATES = ("vandermonde", "vandermonde_bwd")
 
 

@@ -232,7 +232,27 @@ def loops(instructions):
     return [(x["start"], x["end"], x["count"], unroll[id(x)]) for x in found if id(x) not in dropped]
 
 
+def outside_innermost(instructions, inner):
+    """Instructions of the smallest loop enclosing the innermost one `inner` (start, end), less the innermost's:
+    a tile loop's work done once per tile around its loop over the states."""
+    start, end = inner
+    enclosing = []
+    for address, text in instructions:
+        match = re.search(r"\bBRA\b[^;]*?0x([0-9a-f]+)", text, re.IGNORECASE)
+        if match and int(match.group(1), 16) < address:
+            s, e = int(match.group(1), 16), address
+            if s <= start and end <= e and (s, e) != (start, end):
+                enclosing.append((s, e))
+    if not enclosing:
+        return None
+    s, e = min(enclosing, key=lambda x: x[1] - x[0])
+    return sum(1 for a, _ in instructions if s <= a <= e) - sum(1 for a, _ in instructions if start <= a <= end)
+
+
 # ---------------------------------------------------------------- the work of one loop iteration
+# kernels whose innermost loop is over the states inside a tile loop: the tile's own work is reported too,
+# per (t, n) element (`outside`), the tile's N_PAD states sharing it
+PER_STATE_LOOPS = ("_scan_bwd_tiled_kernel",)
 
 def loop_work(kernel_name, consts):
     """(time steps, elements) one iteration of the kernel's innermost loop(s) covers, and how the
@@ -243,8 +263,8 @@ def loop_work(kernel_name, consts):
     if kernel_name == "_scan_fwd_tiled_kernel":     # a tile's loop covers one block of states
         states = min(c["N_PAD"], c.get("STATE_BLOCK", c["N_PAD"]))
         return c["BLOCK_T"], c["BLOCK_D"] * states * c["BLOCK_T"], "BLOCK_D·STATE_BLOCK·BLOCK_T"
-    if kernel_name == "_scan_bwd_tiled_kernel":
-        return c["BLOCK_T"], c["BLOCK_D"] * c["N_PAD"] * c["BLOCK_T"], "BLOCK_D·N_PAD·BLOCK_T"
+    if kernel_name in PER_STATE_LOOPS:              # its innermost loop runs one state of the tile
+        return c["BLOCK_T"], c["BLOCK_D"] * c["BLOCK_T"], "BLOCK_D·BLOCK_T, a state"
     if kernel_name in ("_ssd_scan_kernel", "_gla_scan_kernel"):
         return 1, c["BLOCK_P"] * c["BLOCK_N"], "BLOCK_P·BLOCK_N"
     if kernel_name in ("_state_passing_kernel",):
@@ -397,6 +417,10 @@ def report_kernel(kernel_name, kernel, args, kwargs, quick=False, unpruned=False
             if inner:
                 steps, elems, how = loop_work(kernel_name, consts)
                 row.update(per_step=loop_insts / steps, per_elem=loop_insts * 32 * num_warps / elems, tile=how)
+            if len(inner) == 1 and kernel_name in PER_STATE_LOOPS:
+                outside = outside_innermost(sass, inner[0][:2])
+                if outside is not None:
+                    row["per_elem_outside"] = outside * 32 * num_warps / (elems * consts["N_PAD"])
         except Exception as error:      # noqa: BLE001: a row, not a crash
             row.setdefault("config", str(config.all_kwargs()) if config is not None else "-")
             message = str(error).strip()
@@ -437,6 +461,8 @@ def markdown(rows):
                          f"| error: {r['error'].replace('|', '/')} |||||||||")
             continue
         per_elem = f"{_fmt(r.get('per_elem'))} ({r['tile']})" if r.get("tile") else "–"
+        if r.get("per_elem_outside") is not None:
+            per_elem += f" + {_fmt(r['per_elem_outside'])} per tile"
         lines.append(f"| {r.get('dtype', '')} | {r['stage']} | {r['kernel']} | {r['config']} | {r['registers']} "
                      f"| {r['stack']} | {r['spills']} | {r['shared']} | {r['sass']} "
                      f"| {' + '.join(r['loops']) or '–'} | {_fmt(r['loop']) if r['loops'] else '–'} "

@@ -15,13 +15,15 @@ unless
   (times 2 for complex pairs), pass REGISTER_LIMIT, where the kernel spills.
 `live_tiles`, the number of float tiles live in a kernel's loop, is calibrated on the sm_90 report of
 the kernels (benchmarks/RESULTS.md): the sequential forward uses 80 / 128 registers at 8 / 16 elements
-per thread (6 tiles), its backward 147 / 255 (13 tiles); the time-parallel backward, whose two scans
-carry four values each, spills at 16 elements per thread (14 tiles). The time-parallel forward loops over
-the states, so its tile is one state's (BLOCK_D, BLOCK_T) (`one_state`), and everything per state
-(decay, input, the scan's pairs, the carry applied, the readout) is live at once beside the tile's u, dt
-and y, the next state's loads in flight: about 100 / 140 / 185 registers at 2 / 4 / 8 elements per
-thread, spilling at 16 (24 tiles keeps 8, prunes 16). Below 4 elements per thread its scan's cross-lane
-steps dominate: 45-137 instructions per (t, n) element against 21-27 at 4-8 (`min_per_thread`).
+per thread (6 tiles), its backward 147 / 255 (13 tiles). The time-parallel kernels loop over the
+states, so their tile is one state's (BLOCK_D, BLOCK_T) (`one_state`), and everything per state (decay,
+input, the scans' pairs, the carry applied, the readout; in the backward the reverse scan and the
+gradients) is live at once beside the tile's per-step values (u, dt, y; in the backward dt one step
+later, y's gradient and the per-step sums of x's and dt's). The forward, the next state's loads in
+flight, takes about 100 / 140 / 185 registers at 2 / 4 / 8 elements per thread and spills at 16; the
+backward (not unrolled) 128 / 212-245 at 4 / 8 and 255 at 16: 24 tiles keeps 8, prunes 16, for both.
+Below 4 elements per thread the scans' cross-lane steps dominate: the forward's 45-137 instructions per
+(t, n) element against 21-27 at 4-8, the backward's 94 at 2 against 56 at 8 (`min_per_thread`).
 The decoding step (`scan_step`, one token: no time loop) keeps A, the decay, the input scale, B, C and
 the state in one (BLOCK_D, N_PAD) tile each, the scale and B folding into sB before the state is
 advanced: 6 tiles, like the forward. The sm_90 report measures fewer, about 4.3 (168 registers at 32
@@ -63,8 +65,8 @@ MODELS = {
     "scan_fwd": KernelModel("scan_fwd", ("BLOCK_D",), 6),
     "scan_bwd": KernelModel("scan_bwd", ("BLOCK_D",), 13),
     "scan_tiled_fwd": KernelModel("scan_tiled_fwd", ("BLOCK_D", "BLOCK_T"), 24, one_state=True, min_per_thread=4),
-    "scan_tiled_bwd": KernelModel("scan_tiled_bwd", ("BLOCK_D", "BLOCK_T"), 14,
-                                  fixed=(("BLOCK_T", CHECKPOINT_CHUNK),)),
+    "scan_tiled_bwd": KernelModel("scan_tiled_bwd", ("BLOCK_D", "BLOCK_T"), 24, fixed=(("BLOCK_T", CHECKPOINT_CHUNK),),
+                                  one_state=True, min_per_thread=4),
     "scan_step": KernelModel("scan_step", ("BLOCK_D",), 6),     # estimated (see above), not measured
 }
 

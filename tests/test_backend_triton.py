@@ -231,6 +231,51 @@ def test_fold_exp2():
     assert used and printer.doprint(block[1][1]) == "2.0*tl.exp2(A_log2e*dt)"
 
 
+
+def test_the_decay_is_exp_only_for_exp_of_dt_times_A():
+    """DECAY_IS_EXP lets the time-parallel backward take a·h_{t-1} as h_t - b_t: only for exp(dt·A)."""
+    A, dt, gtmp0 = (sympy.Symbol(name, real=True) for name in ("A_re_log2e", "dt", "gtmp0"))
+    exp2 = triton_backend.exp2
+    real, complex_plan = type("Plan", (), {"complex": False}), type("Plan", (), {"complex": True})
+    assert triton_backend.decay_is_exp((("decay_re", exp2(A * dt)), ("scale_re", dt)), real)
+    assert triton_backend.decay_is_exp((("gtmp0", A * dt), ("decay_re", exp2(gtmp0))), real)   # through a temporary
+    assert not triton_backend.decay_is_exp((("decay_re", exp2(A * dt)),), complex_plan)      # no rotation
+    A_im = sympy.Symbol("A_im", real=True)
+    half = sympy.sin(A_im * dt / 2)     # complex ZOH as the backend prints it: cos and sin by the half angle
+    rotated = (("decay_re", exp2(A * dt) * (1 - 2 * half ** 2)),
+               ("decay_im", 2 * exp2(A * dt) * half * sympy.cos(A_im * dt / 2)))
+    assert triton_backend.decay_is_exp(rotated, complex_plan)
+    assert not triton_backend.decay_is_exp((rotated[0], ("decay_im", -rotated[1][1])), complex_plan)
+    assert not triton_backend.decay_is_exp((("decay_re", 1 + A * dt),), real)                  # Euler
+    assert not triton_backend.decay_is_exp((("decay_re", exp2(2 * A * dt)),), real)
+    assert not triton_backend.decay_is_exp((("decay_re", 2 * exp2(A * dt)),), real)
+    flags = {name: compile_package(spec, "scan").KERNELS.get("triton").DECAY_IS_EXP
+             for name, spec in (("mamba", ssmc.presets.mamba(d_state=4)),
+                                ("bilinear", ssmc.SSM("bl", 4, discretization=ssmc.Bilinear())),
+                                ("zoh_complex", ssmc.SSM("zc", 4, A=ssmc.Diagonal(real=False))))}
+    assert flags == {"mamba": True, "bilinear": False, "zoh_complex": True}
+
+
+def test_an_epilogue_nonlinear_in_y_keeps_the_backward_sequential(monkeypatch):
+    """The time-parallel backward takes y's gradient before the states' readout: right only when out is linear in
+    y (a skip and a gate are); another epilogue (no spec writes one yet) runs the sequential backward."""
+    y, z, D, u = (sympy.Symbol(name, real=True) for name in ("y", "z", "D", "u"))
+    plan = type("Plan", (), {})
+    plan.epilogue_block = (("tmp0", y + D * u), ("out", sympy.Symbol("tmp0", real=True) * z))
+    assert triton_backend.epilogue_linear_in_y(plan)
+    plan.epilogue_block = (("out", sympy.tanh(y) * z),)
+    assert not triton_backend.epilogue_linear_in_y(plan)
+    plan.epilogue_block = (("out", D * u),)
+    assert triton_backend.epilogue_linear_in_y(plan)
+    kernels = compile_package(ssmc.presets.mamba(d_state=4), "scan").KERNELS.get("triton")
+    assert kernels.EPILOGUE_LINEAR_IN_Y and kernels.time_parallel_fits(4, 64, backward=True)
+    monkeypatch.setattr(kernels, "EPILOGUE_LINEAR_IN_Y", False)
+    monkeypatch.setattr(kernels, "PREFERRED", "time_parallel")
+    assert not kernels.time_parallel_fits(4, 64, backward=True)
+    assert kernels.choose_schedule(2048, 4, 64, backward=True) == "sequential"
+    assert kernels.choose_schedule(2048, 4, 64) == "time_parallel"
+
+
 def test_checkpoints_and_initial_state(backend):
     """scan_fwd(..., h0, chunk=4) over 10 steps: checkpoints are the states entering steps 0, 4, 8
     (the first is h0), against the reference run on prefixes."""

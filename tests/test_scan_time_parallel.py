@@ -1,6 +1,5 @@
-"""The time-parallel SISO scan kernels (tl.associative_scan over time: the forward one state's (channels,
-steps) tile at a time, the backward (channels, states, steps) tiles) of the Triton backend, under the
-interpreter, against the float64 reference.
+"""The time-parallel SISO scan kernels (tl.associative_scan over time, one state's (channels, steps) tile at
+a time) of the Triton backend, under the interpreter, against the float64 reference.
 
 - Through the layer's custom op with the schedule forced to "time_parallel" (every spec of
   test_backward_triton: real and complex, selective and time-invariant dt / B / C, a custom
@@ -11,7 +10,10 @@ interpreter, against the float64 reference.
 - The deterministic mode (partial sums per program, summed on the host): equal to the reference and
   bit-identical across runs and program orders.
 - Native dtypes and strides: bf16 u and z read as they are; a strided u needs no copy.
-- States past the forward's block of 16: y of the earlier blocks carried through `out`.
+- States past the forward's block of 16: y of the earlier blocks carried through `out`; the backward's
+  carries in their rows of the outputs.
+- Both ways of the backward to h_{t-1} (DECAY_IS_EXP: h_t - b_t; else the scan's second pair) run in the
+  specs of test_backward_triton (exp: mamba, lti_scan_real; not: the complex, Euler and custom ones).
 """
 import random
 
@@ -207,13 +209,15 @@ def test_every_backward_config(name, chunk, shuffled_programs):
 @pytest.mark.parametrize("name", list(WIDE_SPECS))
 def test_states_in_several_blocks(name, shuffled_programs):
     """The forward takes 16 states at a time: with 20 (padded to 32) y of the first block waits in out while
-    the second runs, and only the last applies the epilogue; checkpoints inside and at the start of tiles."""
+    the second runs, and only the last applies the epilogue; checkpoints inside and at the start of tiles.
+    The backward loops over the 20 states, their carries and sums in their rows of the outputs."""
     kernels = _kernels(WIDE_SPECS[name][0])
     assert kernels.TILED_STATE_BLOCK == 16
-    _check_kernels(name, triton.Config({"BLOCK_D": 2, "BLOCK_T": 16}, num_warps=1), None, chunk=8,
-                   bwd_schedule="sequential")
-    _check_kernels(name, triton.Config({"BLOCK_D": 4, "BLOCK_T": 32}, num_warps=1), None, chunk=32,
-                   bwd_schedule="sequential")
+    _check_kernels(name, triton.Config({"BLOCK_D": 2, "BLOCK_T": 16}, num_warps=1),
+                   triton.Config({"BLOCK_D": 2}, num_warps=1), chunk=8)
+    _check_kernels(name, triton.Config({"BLOCK_D": 4, "BLOCK_T": 32}, num_warps=1),
+                   triton.Config({"BLOCK_D": 8}, num_warps=1), chunk=32)
+    _check_kernels(name, None, None, chunk=8, bwd_schedule="sequential")
 
 
 def test_time_invariant_states_in_several_blocks_through_the_layer(backend, monkeypatch, shuffled_programs):
@@ -355,8 +359,8 @@ def test_the_schedule_is_the_preferred_one_where_it_fits(monkeypatch):
     assert kernels.choose_schedule(2048, 16, 64, backward=True) == "time_parallel"
     assert kernels.choose_schedule(8, 16, 64) == "sequential"                  # shorter than a tile
     assert kernels.choose_schedule(2048, 16, 48, backward=True) == "sequential"   # the tile is the chunk
-    assert kernels.choose_schedule(2048, 512, 64, backward=True) == "sequential"  # a tile past TILED_MAX_TILE
-    assert kernels.choose_schedule(2048, 512, 64) == "time_parallel"           # the forward's tile is one state's
+    assert kernels.choose_schedule(2048, 512, 64, backward=True) == "time_parallel"   # both tiles are one state's
+    assert kernels.choose_schedule(2048, 512, 64) == "time_parallel"
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "time_parallel"])

@@ -8,7 +8,7 @@ from ssmc.compiler import compile_package
 from ssmc.ir.tuning_space import MODELS, REGISTER_LIMIT, config_comment, estimated_registers, plan_configs
 
 SEQUENTIAL_AXES = {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}
-TILED_AXES = {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
+TILED_AXES = {"BLOCK_D": [1, 2, 4, 8, 16], "num_warps": [1, 2, 4, 8]}       # the backward's: its time tile is the chunk
 TILED_FWD_AXES = {"BLOCK_D": [1, 2, 4, 8, 16], "BLOCK_T": [16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]}
 STEP_AXES = {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]}
 
@@ -78,9 +78,24 @@ def test_the_decoding_step_is_planned_with_the_same_rules():
 
 
 def test_a_state_too_wide_for_every_config_keeps_the_smallest():
-    kept, pruned = plan_configs("scan_tiled_bwd", TILED_AXES, 4096, True)
-    assert kept == [{"BLOCK_D": 1, "num_warps": 1}]
-    assert pruned["registers"] == len(TILED_AXES["BLOCK_D"]) * len(TILED_AXES["num_warps"]) - 1
+    kept, pruned = plan_configs("scan_bwd", SEQUENTIAL_AXES, 4096, True)
+    assert kept == [{"BLOCK_D": 8, "num_warps": 1}]
+    assert pruned["registers"] == len(SEQUENTIAL_AXES["BLOCK_D"]) * len(SEQUENTIAL_AXES["num_warps"]) - 1
+
+
+def test_the_time_parallel_backward_s_tile_is_one_state_s():
+    """The time-parallel backward loops over the states too: (BLOCK_D, chunk 64) whatever N, 4 to 8 elements per
+    thread. By the sm_90 report (Mamba-1, bf16): (4, 64) on one warp 212 registers and 56 instructions per
+    element in its states' loop, kept; (2, 64) on one warp 128 registers and 72, kept; (1, 64) on one warp (2
+    elements per thread) 94, pruned; (8, 64) on one warp (16 per thread) 255 registers, pruned."""
+    kept, pruned = plan_configs("scan_tiled_bwd", TILED_AXES, 16, False)
+    assert kept == plan_configs("scan_tiled_bwd", TILED_AXES, 4096, False)[0]
+    assert {"BLOCK_D": 4, "num_warps": 1} in kept and {"BLOCK_D": 2, "num_warps": 1} in kept
+    assert {"BLOCK_D": 1, "num_warps": 1} not in kept and pruned["few elements per thread"] >= 1
+    assert {"BLOCK_D": 8, "num_warps": 1} not in kept and pruned["registers"] >= 1
+    for config in kept:
+        elements, threads, registers = estimated_registers(MODELS["scan_tiled_bwd"], config, 16, False)
+        assert 4 * threads <= elements == config["BLOCK_D"] * 64 and registers <= REGISTER_LIMIT
 
 
 @pytest.mark.parametrize("spec", [ssmc.presets.mamba(d_state=16), ssmc.SSM("cx", 4, A=ssmc.Diagonal(real=False))],

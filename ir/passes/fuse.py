@@ -114,8 +114,10 @@ def _fuse_scan(graph, ctx, rec: RecurrenceOp, selects):
     # small blocks are what fill a GPU at small decode batches)
     ctx.schedule = ctx.schedule.with_fusion(name, members).with_tunables(
         name, {"BLOCK_D": [8, 16, 32, 64, 128], "num_warps": [1, 2, 4, 8]}).with_tunables(
-        "scan_tiled_kernel", {"BLOCK_D": [1, 2, 4, 8], "BLOCK_T": [16, 32, 64], "num_warps": [1, 2, 4, 8]}
-    ).with_tunables(        # the time-parallel forward's tile is one state's: wider channel and time blocks
+        # the time-parallel kernels' tiles are one state's: wide channel blocks; the backward's time block is
+        # the checkpoint chunk (not tuned)
+        "scan_tiled_bwd_kernel", {"BLOCK_D": [1, 2, 4, 8, 16], "num_warps": [1, 2, 4, 8]}
+    ).with_tunables(
         "scan_tiled_fwd_kernel", {"BLOCK_D": [1, 2, 4, 8, 16], "BLOCK_T": [16, 32, 64, 128, 256],
                                   "num_warps": [1, 2, 4, 8]}
     ).with_tunables("scan_step_kernel", {"BLOCK_D": [1, 2, 4, 8, 16, 32, 64, 128, 256], "num_warps": [1, 2, 4, 8]})
