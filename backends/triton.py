@@ -34,6 +34,7 @@ import sympy
 
 from ..errors import CompileError
 from ..ir.functions import expm1
+from ..ir.passes.backward import _cse, inline as inline_block
 from ..ir.tuning_space import config_comment, plan_configs
 from .printers import TritonPrinter
 from .render import fused_plans, header, indent, print_block, render
@@ -183,7 +184,7 @@ def decay_is_exp(discretize, scan) -> bool:
     """Whether the plan's decay is exp(dt·A) (zero-order hold: Mamba, S4D): then a_t·h_{t-1} = h_t - b_t,
     and the time-parallel backward takes the decay's gradient from h_t without scanning for h_{t-1}
     (G·conj(h_{t-1}) times conj(∂a) is G·conj(h_t - b_t) times conj(A) for dt, dt for A)."""
-    values = _inlined(discretize)
+    values = inline_block(discretize)
     decay_re, decay_im = values.get("decay_re"), values.get("decay_im", sympy.S.Zero)
     if decay_re is None:
         return False
@@ -200,30 +201,21 @@ def decay_is_exp(discretize, scan) -> bool:
             and sympy.simplify(decay_im - growth * sympy.sin(angle)) == 0)
 
 
-def _inlined(block) -> dict:
-    """A printed block's targets as whole expressions of its inputs."""
-    values = {}
-    for target, expr in block:
-        values[target] = expr.xreplace({s: values[s.name] for s in expr.free_symbols if s.name in values})
-    return values
-
-
 def grad_of_scale(grad_discretize) -> tuple:
     """The discretization's vector-Jacobian product with the decay's cotangent 0: the input scale's share
     alone (with DECAY_IS_EXP the time-parallel backward has the decay's share another way; passing 0.0 to
     _grad_discretize would still compute it, times zero)."""
-    values = _inlined(grad_discretize)
+    values = inline_block(grad_discretize)
     zero = {s: sympy.S.Zero for expr in values.values() for s in expr.free_symbols
             if s.name in ("grad_decay_re", "grad_decay_im")}
-    targets = [(name, values[name].xreplace(zero)) for name in ("grad_dt", "grad_A_re", "grad_A_im") if name in values]
-    replacements, reduced = sympy.cse([e for _, e in targets], symbols=sympy.numbered_symbols("gtmp"))
-    return tuple((str(s), e) for s, e in replacements) + tuple((n, e) for (n, _), e in zip(targets, reduced))
+    return _cse([(name, values[name].xreplace(zero)) for name in ("grad_dt", "grad_A_re", "grad_A_im")
+                 if name in values])
 
 
 def epilogue_linear_in_y(scan) -> bool:
     """Whether out is linear in the readout y (a skip and a gate are): then y's gradient needs no y, and the
     time-parallel backward can run its states one at a time."""
-    out = _inlined(scan.epilogue_block).get("out")
+    out = inline_block(scan.epilogue_block).get("out")
     y = next((s for s in out.free_symbols if s.name == "y"), None) if out is not None else None
     return y is None or sympy.diff(out, y, 2) == 0
 
@@ -239,6 +231,7 @@ def _scan_context(lowered, scan) -> dict:
     pairs = (lambda block: block) if scan.complex else as_pairs
     discretize, _ = fold_exp2(pairs(scan.discretize_block), "A_re")
     grad_discretize, _ = fold_exp2(pairs(scan.grad_discretize_block), "A_re")
+    grad_scale = grad_of_scale(grad_discretize)
     printer = _Printer()
 
     def lines(block):
@@ -255,8 +248,8 @@ def _scan_context(lowered, scan) -> dict:
         grad_epilogue_returns=_returns(scan.grad_epilogue_block, ("grad_y", "grad_u", "grad_D", "grad_z"),
                                        ("grad_u", "grad_D", "grad_z")),
         grad_discretize_lines=lines(grad_discretize),
-        grad_scale_lines=lines(grad_of_scale(grad_discretize)),
-        grad_scale_returns=_returns(grad_of_scale(grad_discretize), ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
+        grad_scale_lines=lines(grad_scale),
+        grad_scale_returns=_returns(grad_scale, ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
         grad_discretize_returns=_returns(grad_discretize, ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),
         grad_dt_lines=lines(scan.grad_dt_block),
         grad_dt_returns=_returns(scan.grad_dt_block, ("grad_delta", "grad_dt_bias"), ("grad_dt_bias",)))

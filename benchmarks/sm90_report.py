@@ -197,20 +197,23 @@ def _opcode(text):
 _MEMORY = {"LDG", "STG", "RED", "ATOMG", "ATOM", "LDGSTS"}
 
 
+def _back_edges(instructions):
+    """Sorted (target, address) of the backward branches: each spans a loop."""
+    intervals = set()
+    for address, text in instructions:
+        match = re.search(r"\bBRA\b[^;]*?0x([0-9a-f]+)", text, re.IGNORECASE)
+        if match and int(match.group(1), 16) < address:
+            intervals.add((int(match.group(1), 16), address))
+    return sorted(intervals)
+
+
 def loops(instructions):
     """[(start, end, count, unroll)] of the main loops: the loops delimited by backward branches,
     innermost only (an interval containing no other), `count` the instructions in [start, end].
     A loop of one instruction (the `BRA` to itself after EXIT) is no loop. A loop that the compiler
     unrolled k times next to a remainder loop (one iteration: the same opcodes, 1/k of the global
     memory instructions) is reported once, with unroll = k, and the remainder loop is dropped."""
-    intervals = []
-    for address, text in instructions:
-        match = re.search(r"\bBRA\b[^;]*?0x([0-9a-f]+)", text, re.IGNORECASE)
-        if match:
-            target = int(match.group(1), 16)
-            if target < address:
-                intervals.append((target, address))
-    intervals = sorted(set(intervals))
+    intervals = _back_edges(instructions)
     inner = [(s, e) for s, e in intervals
              if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in intervals)]
     found = []
@@ -236,13 +239,7 @@ def outside_innermost(instructions, inner):
     """Instructions of the smallest loop enclosing the innermost one `inner` (start, end), less the innermost's:
     a tile loop's work done once per tile around its loop over the states."""
     start, end = inner
-    enclosing = []
-    for address, text in instructions:
-        match = re.search(r"\bBRA\b[^;]*?0x([0-9a-f]+)", text, re.IGNORECASE)
-        if match and int(match.group(1), 16) < address:
-            s, e = int(match.group(1), 16), address
-            if s <= start and end <= e and (s, e) != (start, end):
-                enclosing.append((s, e))
+    enclosing = [(s, e) for s, e in _back_edges(instructions) if s <= start and end <= e and (s, e) != inner]
     if not enclosing:
         return None
     s, e = min(enclosing, key=lambda x: x[1] - x[0])

@@ -222,7 +222,7 @@ def test_states_in_several_blocks(name, shuffled_programs):
 
 def test_time_invariant_states_in_several_blocks_through_the_layer(backend, monkeypatch, shuffled_programs):
     """S4D-like (time-invariant dt, B, C; complex, bilinear) with 20 states: every output and gradient of the
-    layer, the forward on the time-parallel schedule in two blocks of states."""
+    layer, the forward on the time-parallel schedule in two blocks of states, the backward over the 20 states."""
     backend("triton")
     monkeypatch.setattr(runtime_ops, "CHECKPOINT_CHUNK", 8)
     spec = ssmc.SSM("lc20", 20, A=ssmc.Diagonal(real=False), discretization=ssmc.Bilinear())
