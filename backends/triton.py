@@ -212,6 +212,19 @@ def grad_of_scale(grad_discretize) -> tuple:
                  if name in values])
 
 
+def grad_of_epilogue_given_y(grad_epilogue) -> tuple:
+    """The epilogue's vector-Jacobian product less y's gradient, which becomes an argument: the time-parallel
+    backward has it from before its loop over the states (the epilogue is linear in y, so it needs no y), and
+    the other gradients' factors it shares (a gate's grad_out·silu(z) in the skip's) are not computed again."""
+    values = inline_block(grad_epilogue)
+    grad_y = values.get("grad_y", sympy.S.Zero)
+    given = sympy.Symbol("grad_y")
+
+    def reuse(expr):
+        return expr if grad_y.is_number else expr.subs(grad_y, given)
+    return _cse([(name, reuse(values[name])) for name in ("grad_u", "grad_D", "grad_z") if name in values])
+
+
 def epilogue_linear_in_y(scan) -> bool:
     """Whether out is linear in the readout y (a skip and a gate are): then y's gradient needs no y, and the
     time-parallel backward can run its states one at a time."""
@@ -232,6 +245,7 @@ def _scan_context(lowered, scan) -> dict:
     discretize, _ = fold_exp2(pairs(scan.discretize_block), "A_re")
     grad_discretize, _ = fold_exp2(pairs(scan.grad_discretize_block), "A_re")
     grad_scale = grad_of_scale(grad_discretize)
+    grad_epilogue_given_y = grad_of_epilogue_given_y(scan.grad_epilogue_block)
     printer = _Printer()
 
     def lines(block):
@@ -247,6 +261,9 @@ def _scan_context(lowered, scan) -> dict:
         epilogue_lines=lines(scan.epilogue_block), grad_epilogue_lines=lines(scan.grad_epilogue_block),
         grad_epilogue_returns=_returns(scan.grad_epilogue_block, ("grad_y", "grad_u", "grad_D", "grad_z"),
                                        ("grad_u", "grad_D", "grad_z")),
+        grad_epilogue_given_y_lines=lines(grad_epilogue_given_y),
+        grad_epilogue_given_y_returns=_returns(grad_epilogue_given_y, ("grad_u", "grad_D", "grad_z"),
+                                               ("grad_u", "grad_D", "grad_z")),
         grad_discretize_lines=lines(grad_discretize),
         grad_scale_lines=lines(grad_scale),
         grad_scale_returns=_returns(grad_scale, ("grad_dt", "grad_A_re", "grad_A_im"), IMAGINARY),

@@ -277,6 +277,23 @@ def test_an_epilogue_nonlinear_in_y_keeps_the_backward_sequential(monkeypatch):
     assert kernels.choose_schedule(2048, 4, 64) == "time_parallel"
 
 
+def test_the_epilogue_gradient_given_y_reuses_it():
+    """The time-parallel backward's second half of the epilogue's VJP takes grad_y (from before the states'
+    loop) as an argument: the same gradients, and the gate's silu(z)·grad_out is not computed again."""
+    from ssmc.backends.render import fused_plans
+    from ssmc.ir.pass_manager import lower
+    block = fused_plans(lower(ssmc.presets.mamba(d_state=4)))["scan"].grad_epilogue_block
+    full = triton_backend.inline_block(block)
+    inlined = triton_backend.inline_block(triton_backend.grad_of_epilogue_given_y(block))
+    given = {name: inlined[name] for name in ("grad_u", "grad_D", "grad_z")}
+    grad_y = sympy.Symbol("grad_y")
+    for name, expr in given.items():
+        assert sympy.simplify(expr.subs(grad_y, full["grad_y"]) - full[name]) == 0, name
+    silu_of_z = [e for e in sympy.preorder_traversal(full["grad_y"]) if isinstance(e, sympy.Function)]
+    assert silu_of_z and not any(e in silu_of_z for expr in given.values() for e in sympy.preorder_traversal(expr))
+    assert grad_y in given["grad_u"].free_symbols and grad_y in given["grad_D"].free_symbols
+
+
 def test_checkpoints_and_initial_state(backend):
     """scan_fwd(..., h0, chunk=4) over 10 steps: checkpoints are the states entering steps 0, 4, 8
     (the first is h0), against the reference run on prefixes."""
