@@ -203,6 +203,25 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"ssmc: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"ssmc: error: out of memory ({_first_line(error)}); use smaller --shape sizes", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocator's failure (torch's CPU allocator raises a plain RuntimeError, CUDA's an OutOfMemoryError,
+    itself a RuntimeError): a workload past the memory at hand, not a bug to show a traceback for."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ measured at start by a large tensor copy on the device.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -245,6 +246,11 @@ class Case:
 
 
 def _generator_randn(gen, device):
+    if device.type == "meta":      # footprint(): shapes and dtypes only, no memory, no random numbers
+        def empty(*shape, dtype=DTYPE):
+            return torch.empty(*shape, dtype=dtype, device=device)
+        return empty, empty
+
     def randn(*shape, dtype=DTYPE):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
@@ -272,6 +278,53 @@ def resolve_shape(spec, family: str, given: dict) -> tuple:
             notes.append(f"--shape {name}={value} ignored: not a dimension of a {family} spec "
                          f"(names: {', '.join(shape)})")
     return shape, notes
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def available_bytes(device) -> int | None:
+    """Free memory where the workload's tensors go: the GPU's, else the host's (MemAvailable); None if
+    the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def footprint(spec, package, shape: dict) -> int:
+    """A lower bound on the bytes a run at `shape` takes: its inputs (built on the meta device, so nothing is
+    allocated), once more for their gradients, and the float64 draw the largest is made from."""
+    case = build_case(spec, package, shape, torch.device("meta"))
+    sizes = [t.numel() * t.element_size() for t in case.inputs.values() if isinstance(t, torch.Tensor)]
+    return 2 * sum(sizes) + 2 * max(sizes, default=0)
+
+
+def check_fits(spec, package, shape: dict, device, free: int | None = None) -> None:
+    """Refuse, naming the sizes, a shape whose inputs alone cannot fit in the device's free memory, before
+    anything is allocated: a run past it fails deep in an allocator, or the kernel kills the process."""
+    sizes = ", ".join(f"{name}={value}" for name, value in shape.items())
+    try:
+        need = footprint(spec, package, shape)
+    except (RuntimeError, TypeError) as error:      # a size past int64, or a storage size that overflows it
+        if "overflow" not in str(error).lower():
+            raise
+        raise SSMCError(f"--shape {sizes}: spec '{spec.name}' cannot hold tensors of these sizes") from None
+    free = available_bytes(device) if free is None else free
+    if free is not None and need > free:
+        raise SSMCError(f"--shape {sizes}: spec '{spec.name}' needs at least {_gigabytes(need)} for its inputs and "
+                        f"their gradients, more than the {_gigabytes(free)} free on the {device.type}; "
+                        f"use smaller sizes")
 
 
 def build_case(spec, package, shape: dict, device) -> Case:
@@ -651,6 +704,7 @@ def cmd_bench(args) -> int:
         family = spec.family
         shape, notes = resolve_shape(spec, family, given)
         package = compile_package(spec)
+        check_fits(spec, package, shape, device)
         case = build_case(spec, package, shape, device)
         impls = {"ssmc": case.ssmc, "torch loop": case.loop, **case.extra}
         rows = measure(case, impls, args.repeat, device, peak)

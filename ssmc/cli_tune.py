@@ -279,6 +279,7 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
     (`tune_step`), stored as that stage's own entry."""
     import torch
 
+    from .cli_bench import check_fits
     from .compiler import compile_package
     from .runtime import tuning
     from .runtime.backend import select_backend
@@ -297,6 +298,7 @@ def tune_spec(variable: str, spec, shape: dict, warmup: int = 1, repeats: int = 
             + ": its scan/convolution choice is the cost model's; the scan's schedule is tuned on the Triton "
               "backend, its thread count on the C backend; skipped")
         return None
+    check_fits(spec, module, full, device)
     sizes, run = _workload(module, family, spec, full, device)
     cores = os.cpu_count() or 1
     thread_counts = sorted({1, cores}) if backend == "c" else [None]

@@ -63,6 +63,55 @@ def test_a_bad_shape_is_refused_naming_it(spec_file, capsys, shape, named):
     assert err.startswith("ssmc: error: --shape") and named in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_a_shape_past_memory_is_refused_before_anything_is_allocated(spec_file, capsys, monkeypatch, command):
+    """Sizes whose inputs alone exceed the free memory (or int64) are refused naming them and what they
+    need, before a tensor exists: a run past memory fails deep in an allocator or gets the process killed."""
+    import torch
+
+    import ssmc.cli_bench
+    monkeypatch.setattr(ssmc.cli_bench, "available_bytes", lambda device: 10 ** 9)
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: pytest.fail("a tensor was drawn"))
+    assert main([command, spec_file, "--shape", "batch=2,len=100000000", "--repeat" if command == "bench"
+                 else "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"ssmc: error: --shape batch=2, len=100000000, dim=\d+: spec 'bench_mamba' needs at least "
+                     r"[\d.e+]+ GB for its inputs and their gradients, more than the 1 GB free", err), err
+    assert "Traceback" not in err
+    assert main([command, spec_file, "--shape", "batch=99999999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "spec 'bench_mamba' cannot hold tensors of these sizes" in err and "Traceback" not in err
+
+
+def test_the_footprint_is_the_inputs_twice_and_one_float64_draw(spec_file):
+    """The lower bound check_fits compares: exact for a SISO spec's inputs at a small shape."""
+    import ssmc
+    from ssmc.cli_bench import footprint
+    from ssmc.compiler import compile_package
+    spec = ssmc.presets.mamba(d_state=4, name="bench_mamba")
+    b, d, L, n = 2, 8, 16, 4
+    inputs = 4 * (3 * b * d * L + 2 * b * n * L + d * n + 2 * d)      # u, delta, z; B, C; A; D, delta_bias
+    assert footprint(spec, compile_package(spec), {"batch": b, "dim": d, "len": L}) == 2 * inputs + 2 * 4 * b * d * L
+
+
+def test_an_allocator_failure_is_one_line_not_a_traceback(spec_file, capsys, monkeypatch):
+    """Memory that runs out after the lower bound passed (the kernels' own buffers, the references'): one
+    line naming the remedy."""
+    import ssmc.cli_bench
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 40959999995904 bytes.")
+    monkeypatch.setattr(ssmc.cli_bench, "measure", allocate)
+    assert main(["bench", spec_file, "--repeat", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssmc: error: out of memory ([enforce fail") and "use smaller --shape sizes" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(ssmc.cli_bench, "measure", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):     # any other error is a bug: its traceback stays
+        main(["bench", spec_file, "--repeat", "1"])
+
+
 def test_plot_without_matplotlib_is_a_clear_error(spec_file, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)        # `import matplotlib` raises ImportError
     assert main(["bench", spec_file, "--plot", "out.png", "--repeat", "1"]) == 2
