@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 import ssmc
 from ssmc import compiler
@@ -315,6 +314,31 @@ def call_answer(value, env):
 
 def entry_files(cache_dir):
     return sorted(p.name for p in (cache_dir / "c").iterdir())
+
+
+@needs_cc
+def test_loading_the_kernels_leaves_the_process_floating_point_mode_alone(tmp_path):
+    """Linked with -ffast-math, a library gets crtfastmath.o, whose load turns on flush-to-zero for the whole
+    process: the user's torch and numpy would flush subnormals ever after. The libraries are linked without it
+    (fast math only when compiling), the generated kernels' included, and they are still built with fast math."""
+    script = """
+        import ctypes, sys, torch
+        import ssmc
+        from ssmc.runtime import cbuild
+        tiny = torch.tensor([1e-39])
+        assert (tiny * 1.0).item() > 0, "subnormals flushed before anything was loaded"
+        ctypes.CDLL(str(cbuild.compile_library(sys.argv[1], "fast_math")))
+        seen = [(tiny * 1.0).item() > 0]
+        layer = ssmc.compile(ssmc.presets.mamba(d_state=4, name="ftz_check"))(d_model=8)
+        layer(torch.randn(1, 5, 8), torch.randn(1, 5, 8)).sum().backward()
+        seen.append((tiny * 1.0).item() > 0)
+        print(seen)
+    """
+    source = "#include <math.h>\nfloat ssmc_fast(float x) { return expf(x) + x * 0.5f; }\n"
+    result = python(script, source, env={"SSMC_CACHE_DIR": str(tmp_path), "SSMC_BACKEND": "c"})
+    assert result.stdout.split("\n")[-2] == "[True, True]", result.stdout + result.stderr
+    manifest, = (tmp_path / "c").glob("fast_math-*.json")
+    assert "-ffast-math" in json.loads(manifest.read_text())["flags"]
 
 
 @needs_cc

@@ -3,9 +3,10 @@
     library = load_library("kernels_c.c")      # compiled once, cached on disk, loaded once per process
     library = load_library("kernels_c.c", defines=("SSMC_FLOAT", "SSMC_FORWARD"), symbols=("ssmc_scan_fwd_float",))
 
-The system compiler (`backend.c_compiler()`, `$CC` with its arguments) builds with `-O3 -march=native
+The system compiler (`backend.c_compiler()`, `$CC` with its arguments) compiles with `-O3 -march=native
 -ffast-math -fopenmp` (OpenMP over batch x channel, glibc's vector math for `expf` & co. in
-`#pragma omp simd` loops); where OpenMP is missing the build retries with `-fopenmp-simd` (the simd
+`#pragma omp simd` loops) and links without fast math (which would link crtfastmath.o, whose load turns on
+flush-to-zero for the whole process: `COMPILE_ONLY_FLAGS`); where OpenMP is missing the build retries with `-fopenmp-simd` (the simd
 pragmas still vectorise, the parallel ones are ignored), then with neither. `SSMC_CFLAGS` adds flags
 (split like a shell would). `defines` adds -D flags, so that one source can be built in parts (the
 generated kernels: one library per precision and direction, each compiled only when first needed).
@@ -45,6 +46,12 @@ from . import cache
 from .backend import c_compiler
 
 BASE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-shared", "-fPIC")
+# Fast math at link time makes gcc and clang link crtfastmath.o, whose constructor turns on the CPU's
+# flush-to-zero and denormals-are-zero modes when the library is loaded: for the whole process, so every
+# later float operation of the user's torch and numpy would flush subnormals to zero. So the source is
+# compiled with these flags (-c) and the library linked without them.
+COMPILE_ONLY_FLAGS = ("-ffast-math", "-Ofast", "-funsafe-math-optimizations")
+BUILD_RECIPE = "compile -c; link without fast math"     # hashed into the cache key: older libraries set FTZ
 OPENMP_FLAGS = ("-fopenmp",)
 # without OpenMP: keep the simd pragmas if the compiler knows -fopenmp-simd, else plain
 FALLBACK_FLAGS = (("-fopenmp-simd",), ())
@@ -104,7 +111,7 @@ def _host_identity() -> str:
 
 def _key(source: str, compiler: tuple, flags: tuple) -> str:
     digest = hashlib.sha256()
-    for part in (source, "\0".join(flags), _compiler_identity(compiler), _host_identity()):
+    for part in (source, "\0".join(flags), _compiler_identity(compiler), _host_identity(), BUILD_RECIPE):
         digest.update(part.encode())
         digest.update(b"\0\0")
     return digest.hexdigest()[:24]
@@ -149,15 +156,19 @@ def _publish(directory: Path, stem: str, built: Path, work: Path, facts: dict) -
 # ---- building --------------------------------------------------------------------------------------
 
 def _run_compiler(compiler: tuple, source_name: str, output: Path, flags: tuple, cwd: Path):
-    """Run the compiler in `cwd` on the file `source_name` there (a relative name: the object files
-    record it, and a fixed name keeps builds of one key byte-identical)."""
-    command = [*compiler, *flags, source_name, "-o", str(output), *LIBS]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=cwd)
-    except OSError as exc:
-        return command, f"could not run {compiler[0]}: {exc}"
-    if result.returncode != 0:
-        return command, (result.stderr or result.stdout or f"exit status {result.returncode}").strip()
+    """Compile the file `source_name` in `cwd` (a relative name: the object files record it, and a fixed
+    name keeps builds of one key byte-identical) with `flags`, then link `output` without the fast-math
+    ones (COMPILE_ONLY_FLAGS). (the command that failed or the last, the error or None)."""
+    objects = f"{output.stem}.o"
+    link_flags = [flag for flag in flags if flag not in COMPILE_ONLY_FLAGS and not flag.startswith("-D")]
+    for command in ([*compiler, *(flag for flag in flags if flag != "-shared"), "-c", source_name, "-o", objects],
+                    [*compiler, *link_flags, objects, "-o", str(output), *LIBS]):
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=cwd)
+        except OSError as exc:
+            return command, f"could not run {compiler[0]}: {exc}"
+        if result.returncode != 0:
+            return command, (result.stderr or result.stdout or f"exit status {result.returncode}").strip()
     return command, None
 
 
