@@ -126,6 +126,43 @@ def test_softplus_keeps_precision_for_very_negative_inputs(backend, name):
     assert rel_error(y, _reference(spec, inputs, MAMBA_REF)) < 2e-6
 
 
+_softplus = None     # the generated Triton module's softplus, bound by the test below (a global the kernel calls)
+
+
+def test_triton_softplus_is_within_a_few_ulp_of_float64_everywhere():
+    """The Triton kernels' softplus (max(x, 0) + log1p(exp(-|x|)), the log1p by a series: no libdevice logf)
+    against float64 over float32's normal range, at torch's threshold of 20 and past it, and at the edges
+    (NaN, ±inf, ±0), run as a kernel under the interpreter."""
+    import triton
+    import triton.language as tl
+
+    global _softplus
+    _softplus = compile_package(ssmc.presets.mamba(d_state=4), "scan").KERNELS.get("triton").softplus
+
+    @triton.jit
+    def apply(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        tl.store(y_ptr + offsets, _softplus(tl.load(x_ptr + offsets, mask=mask, other=0.0)), mask=mask)
+
+    def run(x):
+        y = torch.full_like(x, 123.0)
+        apply[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+        return y
+    torch.manual_seed(0)
+    x = torch.cat([torch.linspace(-87.0, 40.0, 200_003), 60 * torch.rand(100_000) - 30,
+                   torch.logspace(-8, 1.4, 10_000), -torch.logspace(-8, 1.9, 10_000)])
+    y, expected = run(x).double(), torch.nn.functional.softplus(x.double())
+    ulps = ((y - expected).abs() / expected) / 2.0 ** -24
+    assert ulps.max() < 6, (ulps.max().item(), x[ulps.argmax()].item())
+    edges = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 20.0, 20.5, 1e30, -1e30])
+    out = run(edges)
+    assert torch.isnan(out[0]) and out[1] == float("inf") and out[2] == 0.0
+    assert ((out[3:5].double() - torch.tensor(2.0, dtype=torch.float64).log()).abs() < 6e-8).all()
+    assert out[5:7].equal(torch.tensor([20.0, 20.5]))
+    assert out[7] == 1e30 and out[8] == 0.0
+
+
 def test_convolution_log_decay_is_the_principal_log():
     """The convolution's a^l = exp(l·log a): Bilinear's log a was split into log(-dt A - 2) -
     log(dt A - 2), off the principal branch by 2πi for a stable complex A. Harmless at integer l in
