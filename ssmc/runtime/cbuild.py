@@ -5,11 +5,12 @@
 
 The system compiler (`backend.c_compiler()`, `$CC` with its arguments) compiles with `-O3 -march=native
 -ffast-math -fopenmp` (OpenMP over batch x channel, glibc's vector math for `expf` & co. in
-`#pragma omp simd` loops) and links without fast math (which would link crtfastmath.o, whose load turns on
-flush-to-zero for the whole process: `COMPILE_ONLY_FLAGS`); where OpenMP is missing the build retries with `-fopenmp-simd` (the simd
-pragmas still vectorise, the parallel ones are ignored), then with neither. `SSMC_CFLAGS` adds flags
-(split like a shell would). `defines` adds -D flags, so that one source can be built in parts (the
-generated kernels: one library per precision and direction, each compiled only when first needed).
+`#pragma omp simd` loops) and links without fast math (which would link crtfastmath.o, whose load turns
+on flush-to-zero for the whole process: `COMPILE_ONLY_FLAGS`); where OpenMP is missing the build retries
+with `-fopenmp-simd` (the simd pragmas still vectorise, the parallel ones are ignored), then with neither.
+`SSMC_CFLAGS` adds flags (split like a shell would). `defines` adds -D flags, so that one source can be
+built in parts (the generated kernels: one library per precision and direction, each compiled only when
+first needed).
 
 Cache (`<cache>/c/`, see `ssmc.runtime.cache`): the key hashes the source text, the flags, the
 compiler (command and `--version`) and the host CPU (because of -march=native). Nothing found there
@@ -159,10 +160,11 @@ def _run_compiler(compiler: tuple, source_name: str, output: Path, flags: tuple,
     """Compile the file `source_name` in `cwd` (a relative name: the object files record it, and a fixed
     name keeps builds of one key byte-identical) with `flags`, then link `output` without the fast-math
     ones (COMPILE_ONLY_FLAGS). (the command that failed or the last, the error or None)."""
-    objects = f"{output.stem}.o"
+    object_file = f"{output.stem}.o"
+    compile_flags = [flag for flag in flags if flag != "-shared"]
     link_flags = [flag for flag in flags if flag not in COMPILE_ONLY_FLAGS and not flag.startswith("-D")]
-    for command in ([*compiler, *(flag for flag in flags if flag != "-shared"), "-c", source_name, "-o", objects],
-                    [*compiler, *link_flags, objects, "-o", str(output), *LIBS]):
+    for command in ([*compiler, *compile_flags, "-c", source_name, "-o", object_file],
+                    [*compiler, *link_flags, object_file, "-o", str(output), *LIBS]):
         try:
             result = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=cwd)
         except OSError as exc:
