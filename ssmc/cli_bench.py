@@ -310,7 +310,7 @@ def footprint(spec, package, shape: dict) -> int:
     return 2 * sum(sizes) + 2 * max(sizes, default=0)
 
 
-def check_fits(spec, package, shape: dict, device, free: int | None = None) -> None:
+def check_fits(spec, package, shape: dict, device) -> None:
     """Refuse, naming the sizes, a shape whose inputs alone cannot fit in the device's free memory, before
     anything is allocated: a run past it fails deep in an allocator, or the kernel kills the process."""
     sizes = ", ".join(f"{name}={value}" for name, value in shape.items())
@@ -320,7 +320,7 @@ def check_fits(spec, package, shape: dict, device, free: int | None = None) -> N
         if "overflow" not in str(error).lower():
             raise
         raise SSMCError(f"--shape {sizes}: spec '{spec.name}' cannot hold tensors of these sizes") from None
-    free = available_bytes(device) if free is None else free
+    free = available_bytes(device)
     if free is not None and need > free:
         raise SSMCError(f"--shape {sizes}: spec '{spec.name}' needs at least {_gigabytes(need)} for its inputs and "
                         f"their gradients, more than the {_gigabytes(free)} free on the {device.type}; "
